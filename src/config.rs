@@ -1,0 +1,311 @@
+//! Settings, read once from the environment and validated before anything starts.
+//!
+//! Each bad value produces one line naming the variable; the server never starts
+//! half-configured. docs/configuration.md lists every variable.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+#[derive(Clone)]
+pub struct Config {
+    /// Address the players' port binds to (`BIND_ADDR`).
+    pub bind_addr: IpAddr,
+    /// Players' HTTP/WebSocket port (`PORT`); 0 picks a free port.
+    pub port: u16,
+    /// gRPC admin plane port (`ADMIN_PORT`).
+    pub admin_port: u16,
+    pub log_level: LogLevel,
+    /// Period of the `metrics_flush` log line; `None` disables it.
+    pub metrics_flush_interval: Option<Duration>,
+    /// HMAC secret for join tokens.
+    pub shared_secret: Secret,
+    /// True when no secret was configured and a random one was made.
+    pub secret_is_random: bool,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub allow_client_seeded_rooms: bool,
+    /// Largest accepted WebSocket message (close 1009 above it).
+    pub max_message_bytes: usize,
+    /// Sustained messages per second one socket may send.
+    pub rate_limit_per_sec: u32,
+    /// Messages a socket may send in a burst above the sustained rate.
+    pub rate_limit_burst: u32,
+    /// Frames queued for one socket before it is closed with 1013.
+    pub outbound_queue_limit: usize,
+    /// Events each room keeps for `lastVersion` resume.
+    pub room_history_limit: usize,
+    /// Live sockets one room accepts.
+    pub max_sockets_per_room: usize,
+    /// How long shutdown waits for sockets to close and writes to flush.
+    pub shutdown_grace: Duration,
+}
+
+/// A secret that never prints.
+#[derive(Clone)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("bind_addr", &self.bind_addr)
+            .field("port", &self.port)
+            .field("admin_port", &self.admin_port)
+            .field("log_level", &self.log_level)
+            .field("metrics_flush_interval", &self.metrics_flush_interval)
+            .field("shared_secret", &self.shared_secret)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("heartbeat_timeout", &self.heartbeat_timeout)
+            .field("allow_client_seeded_rooms", &self.allow_client_seeded_rooms)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("rate_limit_per_sec", &self.rate_limit_per_sec)
+            .field("rate_limit_burst", &self.rate_limit_burst)
+            .field("outbound_queue_limit", &self.outbound_queue_limit)
+            .field("room_history_limit", &self.room_history_limit)
+            .field("max_sockets_per_room", &self.max_sockets_per_room)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .finish()
+    }
+}
+
+/// Reads variables through `get`, collecting one message per bad value.
+struct Reader<'a> {
+    get: &'a dyn Fn(&str) -> Option<String>,
+    errors: Vec<String>,
+}
+
+impl Reader<'_> {
+    fn raw(&self, name: &str) -> Option<String> {
+        (self.get)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(
+        &mut self,
+        name: &str,
+        default: T,
+        min: T,
+        max: T,
+    ) -> T {
+        let Some(raw) = self.raw(name) else {
+            return default;
+        };
+        match raw.trim().parse::<T>() {
+            Ok(v) if v >= min && v <= max => v,
+            _ => {
+                self.errors.push(format!(
+                    "{name}: expected a whole number from {min} to {max}, got {raw:?}"
+                ));
+                default
+            }
+        }
+    }
+
+    fn millis(&mut self, name: &str, default: u64, min: u64) -> Duration {
+        Duration::from_millis(self.number(name, default, min, 86_400_000))
+    }
+
+    fn boolean(&mut self, name: &str, default: bool) -> bool {
+        let Some(raw) = self.raw(name) else {
+            return default;
+        };
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" => false,
+            _ => {
+                self.errors
+                    .push(format!("{name}: expected true or false, got {raw:?}"));
+                default
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, Vec<String>> {
+        Config::from_lookup(&|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `get` (the environment, or a map in tests).
+    pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<String>> {
+        let mut r = Reader {
+            get,
+            errors: Vec::new(),
+        };
+        let bind_addr = match r.raw("BIND_ADDR") {
+            None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            Some(raw) => raw.trim().parse().unwrap_or_else(|_| {
+                r.errors
+                    .push(format!("BIND_ADDR: expected an IP address, got {raw:?}"));
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            }),
+        };
+        let port = r.number("PORT", 8080u16, 0, u16::MAX);
+        let admin_port = r.number("ADMIN_PORT", 50051u16, 0, u16::MAX);
+        let log_level = match r.raw("LOG_LEVEL").map(|v| v.trim().to_ascii_lowercase()) {
+            None => LogLevel::Info,
+            Some(v) => match v.as_str() {
+                "debug" => LogLevel::Debug,
+                "info" => LogLevel::Info,
+                "warn" | "warning" => LogLevel::Warn,
+                "error" => LogLevel::Error,
+                _ => {
+                    r.errors.push(format!(
+                        "LOG_LEVEL: expected debug, info, warn or error, got {v:?}"
+                    ));
+                    LogLevel::Info
+                }
+            },
+        };
+        let flush_ms = r.number("METRICS_FLUSH_INTERVAL_MS", 60_000u64, 0, 86_400_000);
+        let metrics_flush_interval = (flush_ms > 0).then(|| Duration::from_millis(flush_ms));
+        let (shared_secret, secret_is_random) = match r.raw("REALTIME_SHARED_SECRET") {
+            Some(s) if s.len() < 16 => {
+                r.errors.push(
+                    "REALTIME_SHARED_SECRET: must be at least 16 bytes long".to_string(),
+                );
+                (Secret(Vec::new()), false)
+            }
+            Some(s) => (Secret(s.into_bytes()), false),
+            None => {
+                let bytes: [u8; 32] = rand::random();
+                (Secret(bytes.to_vec()), true)
+            }
+        };
+        let heartbeat_interval = r.millis("HEARTBEAT_INTERVAL_MS", 15_000, 100);
+        let heartbeat_timeout = r.millis("HEARTBEAT_TIMEOUT_MS", 45_000, 100);
+        if heartbeat_timeout <= heartbeat_interval {
+            r.errors.push(
+                "HEARTBEAT_TIMEOUT_MS: must be greater than HEARTBEAT_INTERVAL_MS".to_string(),
+            );
+        }
+        let allow_client_seeded_rooms = r.boolean("ALLOW_CLIENT_SEEDED_ROOMS", false);
+        let max_message_bytes = r.number("MAX_MESSAGE_BYTES", 64 * 1024usize, 1024, 16 << 20);
+        let rate_limit_per_sec = r.number("RATE_LIMIT_PER_SEC", 50u32, 1, 1_000_000);
+        let rate_limit_burst = r.number("RATE_LIMIT_BURST", 100u32, 1, 1_000_000);
+        let outbound_queue_limit = r.number("OUTBOUND_QUEUE_LIMIT", 256usize, 4, 1_000_000);
+        let room_history_limit = r.number("ROOM_HISTORY_LIMIT", 512usize, 0, 1_000_000);
+        let max_sockets_per_room = r.number("MAX_SOCKETS_PER_ROOM", 64usize, 1, 100_000);
+        let shutdown_grace = r.millis("SHUTDOWN_GRACE_MS", 10_000, 0);
+        if !r.errors.is_empty() {
+            return Err(r.errors);
+        }
+        Ok(Config {
+            bind_addr,
+            port,
+            admin_port,
+            log_level,
+            metrics_flush_interval,
+            shared_secret,
+            secret_is_random,
+            heartbeat_interval,
+            heartbeat_timeout,
+            allow_client_seeded_rooms,
+            max_message_bytes,
+            rate_limit_per_sec,
+            rate_limit_burst,
+            outbound_queue_limit,
+            room_history_limit,
+            max_sockets_per_room,
+            shutdown_grace,
+        })
+    }
+
+    /// Defaults for tests and embedding: port 0, a fixed secret.
+    pub fn for_tests(secret: &str) -> Config {
+        let secret = secret.to_string();
+        let mut config = Config::from_lookup(&|name| match name {
+            "REALTIME_SHARED_SECRET" => Some(secret.clone()),
+            "PORT" => Some("0".into()),
+            "BIND_ADDR" => Some("127.0.0.1".into()),
+            "METRICS_FLUSH_INTERVAL_MS" => Some("0".into()),
+            _ => None,
+        })
+        .unwrap_or_else(|errors| panic!("test defaults are valid: {errors:?}"));
+        config.shutdown_grace = Duration::from_secs(2);
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, Vec<String>> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(&move |name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_need_nothing() {
+        let c = load(&[]).expect("defaults");
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.admin_port, 50051);
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(15));
+        assert_eq!(c.heartbeat_timeout, Duration::from_secs(45));
+        assert!(c.secret_is_random);
+        assert!(!c.allow_client_seeded_rooms);
+        assert_eq!(c.max_message_bytes, 64 * 1024);
+    }
+
+    #[test]
+    fn each_bad_value_gets_one_line_naming_it() {
+        let errors = load(&[
+            ("PORT", "eighty"),
+            ("LOG_LEVEL", "loud"),
+            ("ALLOW_CLIENT_SEEDED_ROOMS", "maybe"),
+            ("REALTIME_SHARED_SECRET", "short"),
+        ])
+        .expect_err("bad values");
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        for (line, name) in errors.iter().zip([
+            "PORT",
+            "LOG_LEVEL",
+            "REALTIME_SHARED_SECRET",
+            "ALLOW_CLIENT_SEEDED_ROOMS",
+        ]) {
+            assert!(line.starts_with(name), "{line}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let c = load(&[("REALTIME_SHARED_SECRET", "super-secret-value-123")]).expect("ok");
+        assert!(!format!("{c:?}").contains("super-secret"));
+    }
+
+    #[test]
+    fn timeout_must_exceed_interval() {
+        let errors = load(&[("HEARTBEAT_INTERVAL_MS", "5000"), ("HEARTBEAT_TIMEOUT_MS", "4000")])
+            .expect_err("bad");
+        assert!(errors[0].starts_with("HEARTBEAT_TIMEOUT_MS"));
+    }
+}

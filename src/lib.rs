@@ -1,0 +1,19 @@
+//! Concept Karaoke realtime server.
+//!
+//! The data path of one player message: `edge` (socket, decode) → `owner` (the
+//! room's single task applies it with `room`'s rules) → `outbox` (one serialized
+//! frame shared by every recipient) → sockets. `observe` watches that path for
+//! telemetry (and later persistence and cluster fan-out). docs/architecture.md has
+//! the full picture.
+
+pub mod auth;
+pub mod config;
+pub mod edge;
+pub mod observe;
+pub mod outbox;
+pub mod owner;
+pub mod protocol;
+pub mod registry;
+pub mod room;
+pub mod server;
+pub mod telemetry;

@@ -1,0 +1,124 @@
+//! Observers of the room change path.
+//!
+//! Telemetry now, persistence and cluster fan-out later, watch every command a room
+//! owner applies or rejects without being woven through the rules. An observer may
+//! also refuse changes before they happen (a persistence backlog at its bound answers
+//! `unavailable`), so that nothing acknowledged to a client is ever dropped.
+
+use crate::protocol::Rejection;
+use crate::room::{Action, Applied, Room};
+use crate::telemetry::Metrics;
+use std::sync::Arc;
+
+/// Where a command came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A player's socket on this node.
+    Socket { conn: u64, player_id: String },
+    /// The server itself: phase timers, and later the admin plane.
+    Server,
+}
+
+pub trait Observer: Send + Sync {
+    /// Asked before a state change is applied; an error refuses it.
+    fn admit(&self, _room: &Room) -> Result<(), Rejection> {
+        Ok(())
+    }
+    /// A command was applied (state changed, or a stateless broadcast was made).
+    fn applied(&self, _room: &Room, _origin: &Origin, _applied: &Applied) {}
+    /// A command was refused; the room is unchanged.
+    fn rejected(&self, _room: &Room, _origin: &Origin, _action: &Action, _why: &Rejection) {}
+}
+
+pub type Observers = Arc<[Arc<dyn Observer>]>;
+
+/// Which operator-facing counter family an action belongs to.
+pub fn counter_family(action: &Action) -> Option<Family> {
+    match action {
+        Action::SetReady { .. } => Some(Family::Ready),
+        Action::Advance | Action::SetStatus { .. } => Some(Family::Phase),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Ready,
+    Phase,
+}
+
+/// Counts attempts, successes and failures under the names operators alert on.
+pub fn count_outcome(metrics: &Metrics, family: Option<Family>, ok: bool) {
+    let c = &metrics.counters;
+    let (attempts, success, failures) = match family {
+        Some(Family::Ready) => (
+            &c.ready_update_attempts_total,
+            &c.ready_update_success_total,
+            &c.ready_update_failures_total,
+        ),
+        Some(Family::Phase) => (
+            &c.phase_change_attempts_total,
+            &c.phase_change_success_total,
+            &c.phase_change_failures_total,
+        ),
+        None => {
+            if !ok {
+                Metrics::inc(&c.ws_message_handler_failures_total);
+            }
+            return;
+        }
+    };
+    Metrics::inc(attempts);
+    Metrics::inc(if ok { success } else { failures });
+    if !ok {
+        Metrics::inc(&c.ws_message_handler_failures_total);
+    }
+}
+
+/// The telemetry observer: counters and log lines for every applied change.
+pub struct Telemetry(pub Arc<Metrics>);
+
+impl Observer for Telemetry {
+    fn applied(&self, room: &Room, origin: &Origin, applied: &Applied) {
+        if applied.changed {
+            Metrics::inc(&self.0.counters.room_events_total);
+        }
+        let family = match applied.event {
+            crate::room::Event::ReadyUpdate { .. } => Some(Family::Ready),
+            crate::room::Event::PhaseChanged | crate::room::Event::StatusChanged => {
+                Some(Family::Phase)
+            }
+            _ => None,
+        };
+        if family.is_some() {
+            count_outcome(&self.0, family, true);
+        }
+        if matches!(
+            applied.event,
+            crate::room::Event::PhaseChanged | crate::room::Event::StatusChanged
+        ) {
+            let snapshot = room.snapshot();
+            tracing::info!(
+                roomCode = %room.code(),
+                status = ?snapshot.status,
+                currentPhase = ?snapshot.current_phase,
+                version = applied.version,
+                by = if matches!(origin, Origin::Server) { "server" } else { "player" },
+                "phase_changed"
+            );
+        }
+    }
+
+    fn rejected(&self, room: &Room, origin: &Origin, action: &Action, why: &Rejection) {
+        count_outcome(&self.0, counter_family(action), false);
+        if let Origin::Socket { player_id, .. } = origin {
+            tracing::debug!(
+                roomCode = %room.code(),
+                playerId = %player_id,
+                code = why.code.as_str(),
+                reason = %why.message,
+                "command_rejected"
+            );
+        }
+    }
+}

@@ -1,0 +1,519 @@
+//! The single owner of one room: a task that applies every change to it, in order.
+//!
+//! Everything that changes a room arrives here as a [`RoomMsg`] on one bounded
+//! channel: player messages from sockets, server commands (phase timers now, the
+//! admin plane and other cluster nodes later). The owner applies it with the room's
+//! rules, serializes each resulting event once, records it in the bounded resume
+//! history, fans the frame out to the room's sockets and tells the observers.
+
+use crate::observe::{Observers, Origin};
+use crate::outbox::{Frame, Outbox, Push};
+use crate::protocol::server::{BigIdeaState, CanvasState, ServerMessage};
+use crate::protocol::{format_time, ErrorCode, Rejection, RoomSnapshot};
+use crate::room::{Action, Actor, Applied, Event, Room};
+use crate::telemetry::Metrics;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Capacity of a room's command channel; senders wait when it is full.
+const COMMAND_QUEUE: usize = 1024;
+
+/// What every room owner shares.
+pub struct RoomContext {
+    pub metrics: Arc<Metrics>,
+    pub observers: Observers,
+    pub heartbeat_interval: Duration,
+    pub history_limit: usize,
+    pub max_sockets: usize,
+    /// Cancelled at shutdown: sockets then leave without changing room state, so a
+    /// client that reconnects after a restart finds the version it last saw.
+    pub shutdown: CancellationToken,
+}
+
+/// One socket attached to a room.
+pub struct Member {
+    pub conn: u64,
+    pub player_id: String,
+    pub out: Outbox,
+}
+
+pub enum RoomMsg {
+    Attach {
+        member: Member,
+        last_version: Option<u64>,
+        reply: oneshot::Sender<Result<(), Rejection>>,
+    },
+    Detach {
+        conn: u64,
+    },
+    Command {
+        origin: Origin,
+        action: Action,
+        /// Callers outside a socket (admin, tests) get the outcome here; a socket's
+        /// errors go to its own outbox.
+        reply: Option<oneshot::Sender<Result<Applied, Rejection>>>,
+    },
+    Snapshot {
+        reply: oneshot::Sender<RoomSnapshot>,
+    },
+}
+
+/// A cheap, cloneable address of a room's owner.
+#[derive(Clone)]
+pub struct RoomHandle {
+    code: Arc<str>,
+    tx: mpsc::Sender<RoomMsg>,
+}
+
+fn gone() -> Rejection {
+    Rejection::new(ErrorCode::RoomNotFound, "room is closed")
+}
+
+impl RoomHandle {
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    /// Attaches a socket; the owner sends `hello_ack` (and resumed events) to it.
+    pub async fn attach(&self, member: Member, last_version: Option<u64>) -> Result<(), Rejection> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(RoomMsg::Attach {
+                member,
+                last_version,
+                reply,
+            })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    pub async fn detach(&self, conn: u64) {
+        let _ = self.tx.send(RoomMsg::Detach { conn }).await;
+    }
+
+    /// Sends a command from a socket; errors are answered on the socket itself.
+    pub async fn send_from_socket(&self, origin: Origin, action: Action) -> Result<(), Rejection> {
+        self.tx
+            .send(RoomMsg::Command {
+                origin,
+                action,
+                reply: None,
+            })
+            .await
+            .map_err(|_| gone())
+    }
+
+    /// Applies a command and waits for its outcome.
+    pub async fn apply(&self, origin: Origin, action: Action) -> Result<Applied, Rejection> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(RoomMsg::Command {
+                origin,
+                action,
+                reply: Some(reply),
+            })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    pub async fn snapshot(&self) -> Option<RoomSnapshot> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(RoomMsg::Snapshot { reply }).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+/// Starts the owner task of `room` and returns its handle.
+pub fn spawn(room: Room, ctx: Arc<RoomContext>) -> RoomHandle {
+    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let code: Arc<str> = room.code().into();
+    let owner = Owner {
+        room,
+        members: Vec::new(),
+        history: VecDeque::new(),
+        ctx,
+    };
+    tokio::spawn(owner.run(rx));
+    RoomHandle { code, tx }
+}
+
+struct Owner {
+    room: Room,
+    members: Vec<Member>,
+    /// (version, frame) of the last changes, oldest first, for `lastVersion` resume.
+    history: VecDeque<(u64, Frame)>,
+    ctx: Arc<RoomContext>,
+}
+
+impl Owner {
+    async fn run(mut self, mut rx: mpsc::Receiver<RoomMsg>) {
+        self.ctx.metrics.rooms_live.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut heartbeat = tokio::time::interval_at(
+            Instant::now() + self.ctx.heartbeat_interval,
+            self.ctx.heartbeat_interval,
+        );
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let deadline = self.phase_deadline();
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(msg) => self.handle(msg),
+                    None => break,
+                },
+                _ = heartbeat.tick() => self.send_heartbeat(),
+                _ = sleep_until(deadline) => {
+                    self.command(Origin::Server, Action::Advance, None);
+                }
+            }
+        }
+        self.ctx.metrics.rooms_live.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn phase_deadline(&self) -> Option<Instant> {
+        let at = self.room.phase_deadline()?;
+        let left = at - OffsetDateTime::now_utc();
+        let left = Duration::try_from(left).unwrap_or(Duration::ZERO);
+        Some(Instant::now() + left)
+    }
+
+    fn handle(&mut self, msg: RoomMsg) {
+        match msg {
+            RoomMsg::Attach {
+                member,
+                last_version,
+                reply,
+            } => {
+                let _ = reply.send(self.attach(member, last_version));
+            }
+            RoomMsg::Detach { conn } => self.detach(conn),
+            RoomMsg::Command {
+                origin,
+                action,
+                reply,
+            } => self.command(origin, action, reply),
+            RoomMsg::Snapshot { reply } => {
+                let _ = reply.send(self.room.snapshot().clone());
+            }
+        }
+    }
+
+    fn attach(&mut self, member: Member, last_version: Option<u64>) -> Result<(), Rejection> {
+        if self.members.len() >= self.ctx.max_sockets {
+            return Err(Rejection::new(
+                ErrorCode::Unavailable,
+                "room has too many open sockets",
+            ));
+        }
+        let conn = member.conn;
+        let player_id = member.player_id.clone();
+        let first_socket = !self.members.iter().any(|m| m.player_id == player_id);
+        self.members.push(member);
+        if first_socket && self.room.player(&player_id).is_some() {
+            let origin = Origin::Socket {
+                conn,
+                player_id: player_id.clone(),
+            };
+            if let Err(why) = self.change(&origin, Action::Connect, Some(conn)) {
+                self.members.retain(|m| m.conn != conn);
+                return Err(why);
+            }
+        } else {
+            // Part A: every other socket gets room_state on a join, changed or not.
+            let frame = self.room_state_frame();
+            self.broadcast(&frame, Some(conn));
+        }
+        let recovered = self.send_hello(conn, last_version);
+        tracing::debug!(roomCode = %self.room.code(), playerId = %player_id, recovered, "attached");
+        Ok(())
+    }
+
+    /// Sends `hello_ack`, then the events after `last_version` if the history still
+    /// holds all of them. Returns whether it did (`recovered`).
+    fn send_hello(&mut self, conn: u64, last_version: Option<u64>) -> bool {
+        let version = self.room.version();
+        let missed: Option<Vec<Frame>> = match last_version {
+            Some(v) if v == version => Some(Vec::new()),
+            Some(v) if v < version => {
+                let first = self.history.front().map(|(first, _)| *first);
+                match first {
+                    Some(first) if first <= v + 1 => Some(
+                        self.history
+                            .iter()
+                            .filter(|(ver, _)| *ver > v)
+                            .map(|(_, f)| f.clone())
+                            .collect(),
+                    ),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let recovered = missed.is_some();
+        let canvases = self
+            .room
+            .canvases
+            .iter()
+            .map(|(id, c)| {
+                (
+                    id.as_str(),
+                    CanvasState {
+                        ops: &c.ops,
+                        version: c.version,
+                    },
+                )
+            })
+            .collect();
+        let big_ideas = self
+            .room
+            .big_ideas
+            .iter()
+            .map(|(id, b)| {
+                (
+                    id.as_str(),
+                    BigIdeaState {
+                        text: &b.text,
+                        author_id: &b.author_id,
+                        version: b.version,
+                    },
+                )
+            })
+            .collect();
+        let hello: Frame = ServerMessage::HelloAck {
+            room_code: self.room.code(),
+            snapshot: self.room.snapshot(),
+            recovered,
+            canvases,
+            big_ideas,
+        }
+        .to_text()
+        .into();
+        if let Some(m) = self.members.iter().find(|m| m.conn == conn) {
+            let out = m.out.clone();
+            for frame in std::iter::once(hello).chain(missed.into_iter().flatten()) {
+                if out.push(frame) != Push::Queued {
+                    Metrics::inc(&self.ctx.metrics.counters.slow_consumer_closes_total);
+                    break;
+                }
+            }
+        }
+        recovered
+    }
+
+    fn detach(&mut self, conn: u64) {
+        let Some(at) = self.members.iter().position(|m| m.conn == conn) else {
+            return;
+        };
+        let member = self.members.swap_remove(at);
+        let last_socket = !self.members.iter().any(|m| m.player_id == member.player_id);
+        if last_socket
+            && !self.ctx.shutdown.is_cancelled()
+            && self.room.player(&member.player_id).is_some()
+        {
+            let origin = Origin::Socket {
+                conn,
+                player_id: member.player_id,
+            };
+            let _ = self.change(&origin, Action::Disconnect, None);
+        }
+    }
+
+    fn command(
+        &mut self,
+        origin: Origin,
+        action: Action,
+        reply: Option<oneshot::Sender<Result<Applied, Rejection>>>,
+    ) {
+        let result = self.change(&origin, action, None);
+        match (reply, &origin, result) {
+            (Some(reply), _, result) => {
+                let _ = reply.send(result);
+            }
+            (None, Origin::Socket { conn, .. }, Err(why)) => {
+                let frame: Frame =
+                    crate::protocol::server::error_text(why.code, &why.message).into();
+                if let Some(m) = self.members.iter().find(|m| m.conn == *conn) {
+                    m.out.push(frame);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The one place a room changes: admit, apply, publish, observe.
+    fn change(
+        &mut self,
+        origin: &Origin,
+        action: Action,
+        except: Option<u64>,
+    ) -> Result<Applied, Rejection> {
+        let actor = match origin {
+            Origin::Socket { player_id, .. } => Actor::Player(player_id.clone()),
+            Origin::Server => Actor::Server,
+        };
+        let observers = self.ctx.observers.clone();
+        if let Err(why) = observers.iter().try_for_each(|o| o.admit(&self.room)) {
+            observers
+                .iter()
+                .for_each(|o| o.rejected(&self.room, origin, &action, &why));
+            return Err(why);
+        }
+        let for_observers = action.clone();
+        match self.room.apply(&actor, action, OffsetDateTime::now_utc()) {
+            Ok(applied) => {
+                self.publish(&applied, except);
+                observers
+                    .iter()
+                    .for_each(|o| o.applied(&self.room, origin, &applied));
+                Ok(applied)
+            }
+            Err(why) => {
+                observers
+                    .iter()
+                    .for_each(|o| o.rejected(&self.room, origin, &for_observers, &why));
+                Err(why)
+            }
+        }
+    }
+
+    /// Serializes the event once, records it for resume, and fans it out.
+    fn publish(&mut self, applied: &Applied, except: Option<u64>) {
+        let started = std::time::Instant::now();
+        let frame = self.event_frame(applied);
+        if applied.changed && self.ctx.history_limit > 0 {
+            if self.history.len() >= self.ctx.history_limit {
+                self.history.pop_front();
+            }
+            self.history.push_back((applied.version, frame.clone()));
+        }
+        self.broadcast(&frame, except);
+        if applied.event.sends_room_state() && !matches!(applied.event, Event::PlayerConnected { .. })
+        {
+            let state = self.room_state_frame();
+            self.broadcast(&state, except);
+        }
+        tracing::trace!(elapsed_us = started.elapsed().as_micros() as u64, "fan_out");
+    }
+
+    fn room_state_frame(&self) -> Frame {
+        ServerMessage::RoomState {
+            snapshot: self.room.snapshot(),
+        }
+        .to_text()
+        .into()
+    }
+
+    fn event_frame(&self, applied: &Applied) -> Frame {
+        let room_code = self.room.code();
+        let snapshot = self.room.snapshot();
+        let version = applied.version;
+        let message = match &applied.event {
+            Event::PlayerConnected { .. } => ServerMessage::RoomState { snapshot },
+            Event::PlayerLeft { player_id } => ServerMessage::PlayerLeft {
+                room_code,
+                player_id,
+                version,
+            },
+            Event::ReadyUpdate {
+                player_id,
+                is_ready,
+            } => ServerMessage::ReadyUpdate {
+                room_code,
+                player_id,
+                is_ready: *is_ready,
+                version,
+            },
+            Event::PhaseChanged => ServerMessage::PhaseChanged {
+                room_code,
+                current_phase: snapshot.current_phase,
+                phase_start_time: snapshot.phase_start_time.as_deref(),
+                version,
+            },
+            Event::StatusChanged => ServerMessage::StatusChanged {
+                room_code,
+                status: snapshot.status,
+                current_phase: snapshot.current_phase,
+                phase_start_time: snapshot.phase_start_time.as_deref(),
+                version,
+            },
+            Event::Presentation {
+                present_index,
+                show_campaign,
+            } => ServerMessage::PresentationState {
+                room_code,
+                present_index: *present_index,
+                show_campaign: *show_campaign,
+                version,
+            },
+            Event::CanvasDelta {
+                adlob_id,
+                phase,
+                op,
+                player_id,
+            } => ServerMessage::CanvasDelta {
+                room_code,
+                adlob_id,
+                phase: *phase,
+                delta: op,
+                player_id,
+                version,
+            },
+            Event::BigIdeaSubmitted {
+                adlob_id,
+                text,
+                author_id,
+            } => ServerMessage::BigIdeaSubmitted {
+                room_code,
+                adlob_id,
+                text,
+                author_id,
+                version,
+            },
+        };
+        message.to_text().into()
+    }
+
+    fn broadcast(&self, frame: &Frame, except: Option<u64>) {
+        for m in &self.members {
+            if Some(m.conn) == except {
+                continue;
+            }
+            if m.out.push(frame.clone()) == Push::Overflowed {
+                Metrics::inc(&self.ctx.metrics.counters.slow_consumer_closes_total);
+                tracing::warn!(roomCode = %self.room.code(), playerId = %m.player_id, "slow_consumer_closed");
+            }
+        }
+    }
+
+    fn send_heartbeat(&self) {
+        if self.members.is_empty() {
+            return;
+        }
+        let frame: Frame = ServerMessage::Heartbeat {
+            room_code: self.room.code(),
+            timestamp: (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64,
+            version: self.room.version(),
+        }
+        .to_text()
+        .into();
+        self.broadcast(&frame, None);
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Formats the server's own clock for tests and callers that need "now".
+pub fn now_text() -> String {
+    format_time(OffsetDateTime::now_utc())
+}

@@ -1,0 +1,344 @@
+//! Decoding what a browser sends: one JSON object per text frame, tagged by `type`.
+//!
+//! Decoding is two steps so the error can say what went wrong: first the `type` tag
+//! (an unknown one is "Unsupported event type: X"), then the fields of that type
+//! (missing or ill-typed is `invalid_payload` naming the problem). Field values are
+//! validated here too, so a decoded message is always safe to hand to a room.
+
+use super::canvas::CanvasOp;
+use super::{
+    check_id, check_timestamp, limits, CreationPhase, ErrorCode, GameStatus, Rejection,
+    RoomSnapshot,
+};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::borrow::Cow;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMessage {
+    JoinRoom(JoinRoom),
+    LeaveRoom { room_code: String },
+    SetReady { room_code: String, player_id: String, is_ready: bool },
+    AdvancePhase { room_code: String, player_id: String },
+    SetStatus(SetStatus),
+    PresentationState(PresentationState),
+    Heartbeat { room_code: Option<String> },
+    SubmitCanvasDelta(CanvasDelta),
+    SubmitBigIdea(BigIdea),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinRoom {
+    pub room_code: String,
+    pub player_id: String,
+    #[serde(default)]
+    pub player_token: Option<String>,
+    #[serde(default)]
+    pub initial_snapshot: Option<RoomSnapshot>,
+    #[serde(default)]
+    pub last_version: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SetStatus {
+    pub room_code: String,
+    pub player_id: String,
+    pub status: GameStatus,
+    /// Required by Part A but may be null; missing is treated as null.
+    #[serde(default)]
+    pub current_phase: Option<CreationPhase>,
+    #[serde(default)]
+    pub phase_start_time: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresentationState {
+    pub room_code: String,
+    pub player_id: String,
+    pub present_index: i64,
+    pub show_campaign: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanvasDelta {
+    pub room_code: String,
+    pub adlob_id: String,
+    pub phase: CreationPhase,
+    pub delta: CanvasOp,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BigIdea {
+    pub room_code: String,
+    pub adlob_id: String,
+    pub text: String,
+}
+
+impl ClientMessage {
+    /// The room this message is addressed to, if it names one.
+    pub fn room_code(&self) -> Option<&str> {
+        match self {
+            ClientMessage::JoinRoom(m) => Some(&m.room_code),
+            ClientMessage::LeaveRoom { room_code }
+            | ClientMessage::SetReady { room_code, .. }
+            | ClientMessage::AdvancePhase { room_code, .. } => Some(room_code),
+            ClientMessage::SetStatus(m) => Some(&m.room_code),
+            ClientMessage::PresentationState(m) => Some(&m.room_code),
+            ClientMessage::Heartbeat { room_code } => room_code.as_deref(),
+            ClientMessage::SubmitCanvasDelta(m) => Some(&m.room_code),
+            ClientMessage::SubmitBigIdea(m) => Some(&m.room_code),
+        }
+    }
+
+    /// The `playerId` field, for messages that carry one.
+    pub fn player_id(&self) -> Option<&str> {
+        match self {
+            ClientMessage::JoinRoom(m) => Some(&m.player_id),
+            ClientMessage::SetReady { player_id, .. }
+            | ClientMessage::AdvancePhase { player_id, .. } => Some(player_id),
+            ClientMessage::SetStatus(m) => Some(&m.player_id),
+            ClientMessage::PresentationState(m) => Some(&m.player_id),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RoomOnly {
+    room_code: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HeartbeatFields {
+    #[serde(default)]
+    room_code: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SetReadyFields {
+    room_code: String,
+    player_id: String,
+    is_ready: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PlayerFields {
+    room_code: String,
+    player_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CanvasFields {
+    room_code: String,
+    adlob_id: String,
+    phase: CreationPhase,
+    delta: serde_json::Value,
+}
+
+fn invalid(message: impl Into<String>) -> Rejection {
+    Rejection::new(ErrorCode::InvalidPayload, message)
+}
+
+fn fields<T: DeserializeOwned>(kind: &str, text: &str) -> Result<T, Rejection> {
+    serde_json::from_str(text).map_err(|e| invalid(format!("Invalid {kind} payload: {e}")))
+}
+
+/// Decodes and validates one text frame.
+pub fn decode(text: &str) -> Result<ClientMessage, Rejection> {
+    let envelope: Envelope = serde_json::from_str(text).map_err(|e| {
+        if e.is_data() {
+            invalid("Message must be a JSON object with a string field \"type\"")
+        } else {
+            invalid(format!("Invalid JSON: {e}"))
+        }
+    })?;
+    let kind = envelope.kind.as_ref();
+    let message = match kind {
+        "join_room" => {
+            let m: JoinRoom = fields(kind, text)?;
+            check_player_fields(&m.room_code, &m.player_id)?;
+            match &m.player_token {
+                None => return Err(invalid("playerToken is required")),
+                Some(t) if t.is_empty() => return Err(invalid("playerToken is required")),
+                Some(_) => {}
+            }
+            ClientMessage::JoinRoom(m)
+        }
+        "leave_room" => {
+            let m: RoomOnly = fields(kind, text)?;
+            check_room_code(&m.room_code)?;
+            ClientMessage::LeaveRoom {
+                room_code: m.room_code,
+            }
+        }
+        "set_ready" => {
+            let m: SetReadyFields = fields(kind, text)?;
+            check_player_fields(&m.room_code, &m.player_id)?;
+            ClientMessage::SetReady {
+                room_code: m.room_code,
+                player_id: m.player_id,
+                is_ready: m.is_ready,
+            }
+        }
+        "advance_phase" => {
+            let m: PlayerFields = fields(kind, text)?;
+            check_player_fields(&m.room_code, &m.player_id)?;
+            ClientMessage::AdvancePhase {
+                room_code: m.room_code,
+                player_id: m.player_id,
+            }
+        }
+        "set_status" => {
+            let m: SetStatus = fields(kind, text)?;
+            check_player_fields(&m.room_code, &m.player_id)?;
+            if let Some(t) = &m.phase_start_time {
+                check_timestamp("phaseStartTime", t)?;
+            }
+            ClientMessage::SetStatus(m)
+        }
+        "presentation_state" => {
+            let m: PresentationState = fields(kind, text)?;
+            check_player_fields(&m.room_code, &m.player_id)?;
+            if !(0..=limits::PRESENT_INDEX_MAX).contains(&m.present_index) {
+                return Err(invalid(format!(
+                    "presentIndex must be between 0 and {}",
+                    limits::PRESENT_INDEX_MAX
+                )));
+            }
+            ClientMessage::PresentationState(m)
+        }
+        "heartbeat" => {
+            let m: HeartbeatFields = fields(kind, text)?;
+            ClientMessage::Heartbeat {
+                room_code: m.room_code,
+            }
+        }
+        "submit_canvas_delta" => {
+            let m: CanvasFields = fields(kind, text)?;
+            check_room_code(&m.room_code)?;
+            check_id("adlobId", &m.adlob_id, limits::ID_MAX)?;
+            ClientMessage::SubmitCanvasDelta(CanvasDelta {
+                room_code: m.room_code,
+                adlob_id: m.adlob_id,
+                phase: m.phase,
+                delta: CanvasOp::from_value(m.delta)?,
+            })
+        }
+        "submit_big_idea" => {
+            let m: BigIdea = fields(kind, text)?;
+            check_room_code(&m.room_code)?;
+            check_id("adlobId", &m.adlob_id, limits::ID_MAX)?;
+            let len = m.text.chars().count();
+            if len == 0 || len > limits::BIG_IDEA_MAX {
+                return Err(invalid(format!(
+                    "text must be 1..{} characters",
+                    limits::BIG_IDEA_MAX
+                )));
+            }
+            ClientMessage::SubmitBigIdea(m)
+        }
+        other => {
+            let shown: String = other.chars().take(64).collect();
+            return Err(invalid(format!("Unsupported event type: {shown}")));
+        }
+    };
+    Ok(message)
+}
+
+fn check_room_code(code: &str) -> Result<(), Rejection> {
+    check_id("roomCode", code, limits::ROOM_CODE_MAX)
+}
+
+fn check_player_fields(room_code: &str, player_id: &str) -> Result<(), Rejection> {
+    check_room_code(room_code)?;
+    check_id("playerId", player_id, limits::ID_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(text: &str) -> ErrorCode {
+        decode(text).expect_err(text).code
+    }
+
+    #[test]
+    fn decodes_part_a_messages() {
+        let m = decode(r#"{"type":"set_ready","roomCode":"AB","playerId":"p1","isReady":true}"#);
+        assert_eq!(
+            m,
+            Ok(ClientMessage::SetReady {
+                room_code: "AB".into(),
+                player_id: "p1".into(),
+                is_ready: true
+            })
+        );
+        let m = decode(r#"{"type":"heartbeat","roomCode":"AB"}"#);
+        assert_eq!(
+            m,
+            Ok(ClientMessage::Heartbeat {
+                room_code: Some("AB".into())
+            })
+        );
+        let m = decode(
+            r#"{"type":"set_status","roomCode":"AB","playerId":"p","status":"voting","currentPhase":null}"#,
+        );
+        assert!(matches!(m, Ok(ClientMessage::SetStatus(_))));
+    }
+
+    #[test]
+    fn unknown_type_names_it() {
+        let err = decode(r#"{"type":"dance","roomCode":"AB"}"#).expect_err("unknown");
+        assert_eq!(err.code, ErrorCode::InvalidPayload);
+        assert_eq!(err.message, "Unsupported event type: dance");
+    }
+
+    #[test]
+    fn malformed_input_is_invalid_payload() {
+        for text in [
+            "",
+            "not json",
+            "[]",
+            "42",
+            r#"{"roomCode":"AB"}"#,
+            r#"{"type":7}"#,
+            r#"{"type":"set_ready","roomCode":"AB","playerId":"p1","isReady":"yes"}"#,
+            r#"{"type":"set_ready","roomCode":"AB","isReady":true}"#,
+            r#"{"type":"set_status","roomCode":"AB","playerId":"p","status":"dancing","currentPhase":null}"#,
+            r#"{"type":"set_status","roomCode":"AB","playerId":"p","status":"voting","currentPhase":null,"phaseStartTime":"yesterday"}"#,
+            r#"{"type":"presentation_state","roomCode":"AB","playerId":"p","presentIndex":-1,"showCampaign":true}"#,
+            r#"{"type":"join_room","roomCode":"AB","playerId":"p"}"#,
+            r#"{"type":"join_room","roomCode":"AB","playerId":"p","playerToken":""}"#,
+            r#"{"type":"join_room","roomCode":"","playerId":"p","playerToken":"x"}"#,
+            r#"{"type":"submit_big_idea","roomCode":"AB","adlobId":"a","text":""}"#,
+        ] {
+            assert_eq!(code(text), ErrorCode::InvalidPayload, "{text}");
+        }
+    }
+
+    #[test]
+    fn phase_start_time_is_kept_verbatim() {
+        let text = r#"{"type":"set_status","roomCode":"AB","playerId":"p","status":"voting","currentPhase":null,"phaseStartTime":"2026-01-02T03:04:05+02:00"}"#;
+        match decode(text) {
+            Ok(ClientMessage::SetStatus(m)) => {
+                assert_eq!(m.phase_start_time.as_deref(), Some("2026-01-02T03:04:05+02:00"))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

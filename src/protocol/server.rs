@@ -1,0 +1,117 @@
+//! What the server sends: every message type, serialized once per broadcast.
+
+use super::canvas::CanvasOp;
+use super::{CreationPhase, ErrorCode, GameStatus, PlayerSummary, RoomSnapshot};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// One adlob's canvas as late joiners receive it in `hello_ack.canvases`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CanvasState<'a> {
+    pub ops: &'a [CanvasOp],
+    pub version: u64,
+}
+
+/// A submitted big idea as late joiners receive it in `hello_ack.bigIdeas`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BigIdeaState<'a> {
+    pub text: &'a str,
+    pub author_id: &'a str,
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(
+    tag = "type",
+    rename_all = "snake_case",
+    rename_all_fields = "camelCase"
+)]
+pub enum ServerMessage<'a> {
+    HelloAck {
+        room_code: &'a str,
+        snapshot: &'a RoomSnapshot,
+        recovered: bool,
+        canvases: BTreeMap<&'a str, CanvasState<'a>>,
+        big_ideas: BTreeMap<&'a str, BigIdeaState<'a>>,
+    },
+    RoomState {
+        snapshot: &'a RoomSnapshot,
+    },
+    PlayerJoined {
+        room_code: &'a str,
+        player: &'a PlayerSummary,
+        version: u64,
+    },
+    PlayerLeft {
+        room_code: &'a str,
+        player_id: &'a str,
+        version: u64,
+    },
+    ReadyUpdate {
+        room_code: &'a str,
+        player_id: &'a str,
+        is_ready: bool,
+        version: u64,
+    },
+    PhaseChanged {
+        room_code: &'a str,
+        current_phase: Option<CreationPhase>,
+        phase_start_time: Option<&'a str>,
+        version: u64,
+    },
+    StatusChanged {
+        room_code: &'a str,
+        status: GameStatus,
+        current_phase: Option<CreationPhase>,
+        phase_start_time: Option<&'a str>,
+        version: u64,
+    },
+    PresentationState {
+        room_code: &'a str,
+        present_index: i64,
+        show_campaign: bool,
+        version: u64,
+    },
+    CanvasDelta {
+        room_code: &'a str,
+        adlob_id: &'a str,
+        phase: CreationPhase,
+        delta: &'a CanvasOp,
+        player_id: &'a str,
+        version: u64,
+    },
+    BigIdeaSubmitted {
+        room_code: &'a str,
+        adlob_id: &'a str,
+        text: &'a str,
+        author_id: &'a str,
+        version: u64,
+    },
+    Heartbeat {
+        room_code: &'a str,
+        timestamp: i64,
+        /// Part B: lets a client notice a gap and resume without waiting for an event.
+        version: u64,
+    },
+    Error {
+        code: ErrorCode,
+        message: &'a str,
+    },
+}
+
+impl ServerMessage<'_> {
+    /// Serializes to the text of one WebSocket frame.
+    pub fn to_text(&self) -> String {
+        // Serializing these plain structs cannot fail (no maps with non-string keys,
+        // no foreign Serialize impls); the fallback keeps the signature infallible.
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"type":"error","code":"internal_error","message":"encoding failed"}"#.into()
+        })
+    }
+}
+
+/// The text of an `error` frame.
+pub fn error_text(code: ErrorCode, message: &str) -> String {
+    ServerMessage::Error { code, message }.to_text()
+}

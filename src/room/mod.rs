@@ -1,0 +1,457 @@
+//! One room's state and rules: plain data and plain functions, no sockets, no tasks.
+//!
+//! Every change to a room, whoever asks for it (a player's socket, the admin plane, a
+//! phase timer, another cluster node), is an [`Action`] applied by [`Room::apply`]. It
+//! either returns the one [`Event`] describing the change, with the version after it,
+//! or a [`Rejection`] and leaves the room untouched.
+
+pub mod canvas;
+pub mod rules;
+
+use crate::protocol::canvas::CanvasOp;
+use crate::protocol::{
+    check_id, check_timestamp, format_time, limits, CreationPhase, ErrorCode, GameStatus,
+    PlayerSummary, Rejection, RoomSnapshot,
+};
+use canvas::Canvas;
+use std::collections::BTreeMap;
+use time::OffsetDateTime;
+
+/// Settings the backend attaches to a room (brought in through the admin plane).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settings {
+    pub product_category: Option<String>,
+    pub phase_duration_seconds: Option<u32>,
+    pub brief_style: Option<String>,
+    pub wacky_brief_style: Option<String>,
+    /// When on and `phase_duration_seconds` is set, the server advances creation
+    /// phases itself when their time is up.
+    pub auto_advance: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BigIdea {
+    pub text: String,
+    pub author_id: String,
+    pub version: u64,
+}
+
+/// Who asks for a change. Players are held to the game's rules; the server itself
+/// (phase timers, and later the admin plane) is not asked for roster or host rights.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    Player(String),
+    Server,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// A player's first socket attached (presence on).
+    Connect,
+    /// A player's last socket detached (presence off, ready reset).
+    Disconnect,
+    SetReady {
+        is_ready: bool,
+    },
+    Advance,
+    SetStatus {
+        status: GameStatus,
+        phase: Option<CreationPhase>,
+        start_time: Option<String>,
+    },
+    Present {
+        present_index: i64,
+        show_campaign: bool,
+    },
+    Canvas {
+        adlob_id: String,
+        phase: CreationPhase,
+        op: CanvasOp,
+    },
+    BigIdea {
+        adlob_id: String,
+        text: String,
+    },
+}
+
+/// The change an applied action made. Data that the room already holds (status,
+/// phase, timestamps) is read from the room rather than copied here.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Presence on; clients learn it from `room_state`.
+    PlayerConnected { player_id: String },
+    PlayerLeft { player_id: String },
+    ReadyUpdate { player_id: String, is_ready: bool },
+    PhaseChanged,
+    StatusChanged,
+    Presentation { present_index: i64, show_campaign: bool },
+    CanvasDelta { adlob_id: String, phase: CreationPhase, op: CanvasOp, player_id: String },
+    BigIdeaSubmitted { adlob_id: String, text: String, author_id: String },
+}
+
+impl Event {
+    /// Short name used in logs, metrics and (later) the event log.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::PlayerConnected { .. } => "player_connected",
+            Event::PlayerLeft { .. } => "player_left",
+            Event::ReadyUpdate { .. } => "ready_update",
+            Event::PhaseChanged => "phase_changed",
+            Event::StatusChanged => "status_changed",
+            Event::Presentation { .. } => "presentation_state",
+            Event::CanvasDelta { .. } => "canvas_delta",
+            Event::BigIdeaSubmitted { .. } => "big_idea_submitted",
+        }
+    }
+
+    /// Whether clients also get a full `room_state` after this event.
+    pub fn sends_room_state(&self) -> bool {
+        matches!(
+            self,
+            Event::PlayerConnected { .. }
+                | Event::PlayerLeft { .. }
+                | Event::ReadyUpdate { .. }
+                | Event::PhaseChanged
+                | Event::StatusChanged
+        )
+    }
+}
+
+/// The result of a successful [`Room::apply`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    pub event: Event,
+    /// The room's version after the change.
+    pub version: u64,
+    /// False for events that change no state (`presentation_state`).
+    pub changed: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Room {
+    /// What clients see; kept as the wire type so a broadcast never copies it.
+    snapshot: RoomSnapshot,
+    pub settings: Settings,
+    pub canvases: BTreeMap<String, Canvas>,
+    pub big_ideas: BTreeMap<String, BigIdea>,
+}
+
+impl Room {
+    /// A new room in the lobby at version 0 with the given roster.
+    pub fn new(
+        code: &str,
+        players: Vec<PlayerSummary>,
+        settings: Settings,
+    ) -> Result<Room, Rejection> {
+        check_id("roomCode", code, limits::ROOM_CODE_MAX)?;
+        let mut room = Room {
+            snapshot: RoomSnapshot {
+                id: uuid::Uuid::new_v4().to_string(),
+                code: code.to_string(),
+                status: GameStatus::Lobby,
+                current_phase: None,
+                phase_start_time: None,
+                players: Vec::new(),
+                version: 0,
+                phase_ends_at: None,
+            },
+            settings,
+            canvases: BTreeMap::new(),
+            big_ideas: BTreeMap::new(),
+        };
+        room.set_players(players)?;
+        Ok(room)
+    }
+
+    /// A room created from the first client's `initialSnapshot`
+    /// (`ALLOW_CLIENT_SEEDED_ROOMS`). The seed is validated like any other input.
+    pub fn from_seed(code: &str, seed: &RoomSnapshot) -> Result<Room, Rejection> {
+        if seed.code != code {
+            return Err(Rejection::new(
+                ErrorCode::InvalidPayload,
+                "initialSnapshot.code must equal roomCode",
+            ));
+        }
+        let mut room = Room::new(code, seed.players.clone(), Settings::default())?;
+        if !seed.id.is_empty() {
+            check_id("initialSnapshot.id", &seed.id, limits::ID_MAX)?;
+            room.snapshot.id = seed.id.clone();
+        }
+        if let Some(t) = &seed.phase_start_time {
+            check_timestamp("initialSnapshot.phaseStartTime", t)?;
+        }
+        let (status, phase) = rules::normalize(seed.status, seed.current_phase);
+        room.snapshot.status = status;
+        room.snapshot.current_phase = phase;
+        room.snapshot.phase_start_time = seed.phase_start_time.clone();
+        room.snapshot.version = seed.version;
+        room.refresh_deadline();
+        Ok(room)
+    }
+
+    fn set_players(&mut self, mut players: Vec<PlayerSummary>) -> Result<(), Rejection> {
+        if players.len() > limits::MAX_PLAYERS {
+            return Err(Rejection::new(
+                ErrorCode::InvalidPayload,
+                format!("a room holds at most {} players", limits::MAX_PLAYERS),
+            ));
+        }
+        for p in players.iter_mut() {
+            check_id("players.id", &p.id, limits::ID_MAX)?;
+            check_id("players.name", &p.name, limits::NAME_MAX)?;
+            if p.emoji.chars().count() > limits::EMOJI_MAX {
+                return Err(Rejection::new(
+                    ErrorCode::InvalidPayload,
+                    "players.emoji is too long",
+                ));
+            }
+            if !(0..=i64::from(u8::MAX)).contains(&p.seat_index) {
+                return Err(Rejection::new(
+                    ErrorCode::InvalidPayload,
+                    "players.seatIndex must be between 0 and 255",
+                ));
+            }
+            // Presence is the server's to know, never a seed's to claim.
+            p.connected = false;
+        }
+        for (i, p) in players.iter().enumerate() {
+            if players[..i].iter().any(|q| q.id == p.id) {
+                return Err(Rejection::new(
+                    ErrorCode::InvalidPayload,
+                    "players.id must be unique",
+                ));
+            }
+        }
+        players.sort_by_key(|p| p.seat_index);
+        self.snapshot.players = players;
+        Ok(())
+    }
+
+    pub fn code(&self) -> &str {
+        &self.snapshot.code
+    }
+
+    pub fn version(&self) -> u64 {
+        self.snapshot.version
+    }
+
+    pub fn snapshot(&self) -> &RoomSnapshot {
+        &self.snapshot
+    }
+
+    pub fn player(&self, id: &str) -> Option<&PlayerSummary> {
+        self.snapshot.players.iter().find(|p| p.id == id)
+    }
+
+    fn player_mut(&mut self, id: &str) -> Option<&mut PlayerSummary> {
+        self.snapshot.players.iter_mut().find(|p| p.id == id)
+    }
+
+    /// When the running creation phase ends, if a phase timer applies.
+    pub fn phase_deadline(&self) -> Option<OffsetDateTime> {
+        let seconds = self.settings.phase_duration_seconds?;
+        if !self.settings.auto_advance || self.snapshot.status != GameStatus::Creating {
+            return None;
+        }
+        let start = self.snapshot.phase_start_time.as_deref()?;
+        let start = check_timestamp("phaseStartTime", start).ok()?;
+        Some(start + time::Duration::seconds(i64::from(seconds)))
+    }
+
+    fn refresh_deadline(&mut self) {
+        self.snapshot.phase_ends_at = self.phase_deadline().map(format_time);
+    }
+
+    /// Applies one action. On error nothing about the room has changed.
+    pub fn apply(
+        &mut self,
+        actor: &Actor,
+        action: Action,
+        now: OffsetDateTime,
+    ) -> Result<Applied, Rejection> {
+        let event = match action {
+            Action::Connect => {
+                let id = self.acting_player(actor)?;
+                let p = self.player_mut(&id).ok_or_else(not_in_roster)?;
+                if p.connected {
+                    return Err(Rejection::new(ErrorCode::InvalidTransition, "already connected"));
+                }
+                p.connected = true;
+                Event::PlayerConnected { player_id: id }
+            }
+            Action::Disconnect => {
+                let id = self.acting_player(actor)?;
+                let p = self.player_mut(&id).ok_or_else(not_in_roster)?;
+                p.connected = false;
+                p.is_ready = false;
+                Event::PlayerLeft { player_id: id }
+            }
+            Action::SetReady { is_ready } => {
+                let id = self.acting_player(actor)?;
+                let p = self.player_mut(&id).ok_or_else(not_in_roster)?;
+                p.is_ready = is_ready;
+                Event::ReadyUpdate {
+                    player_id: id,
+                    is_ready,
+                }
+            }
+            Action::Advance => {
+                self.require_host(actor)?;
+                let from = (self.snapshot.status, self.snapshot.current_phase);
+                let to = rules::next_step(from.0, from.1);
+                for p in &mut self.snapshot.players {
+                    p.is_ready = false;
+                }
+                self.move_to(to, format_time(now));
+                rules::event_for(from, to)
+            }
+            Action::SetStatus {
+                status,
+                phase,
+                start_time,
+            } => {
+                let roster = self.require_roster(actor)?;
+                let is_host = roster.map(|p| p.is_host).unwrap_or(true);
+                if !is_host && status != GameStatus::Results {
+                    return Err(Rejection::new(
+                        ErrorCode::Forbidden,
+                        "only the host may set the status",
+                    ));
+                }
+                let from = (self.snapshot.status, self.snapshot.current_phase);
+                let to = rules::requested_step(from, status, phase)?;
+                if let Some(t) = &start_time {
+                    check_timestamp("phaseStartTime", t)?;
+                }
+                self.move_to(to, start_time.unwrap_or_else(|| format_time(now)));
+                Event::StatusChanged
+            }
+            Action::Present {
+                present_index,
+                show_campaign,
+            } => {
+                self.require_roster(actor)?;
+                return Ok(Applied {
+                    event: Event::Presentation {
+                        present_index,
+                        show_campaign,
+                    },
+                    version: self.snapshot.version,
+                    changed: false,
+                });
+            }
+            Action::Canvas { adlob_id, phase, op } => {
+                let id = self.acting_player(actor)?;
+                self.require_roster(actor)?;
+                if self.snapshot.status != GameStatus::Creating
+                    || self.snapshot.current_phase != Some(phase)
+                {
+                    return Err(Rejection::new(
+                        ErrorCode::InvalidTransition,
+                        "canvas deltas are accepted only in the running creation phase",
+                    ));
+                }
+                if !self.canvases.contains_key(&adlob_id)
+                    && self.canvases.len() >= canvas::MAX_CANVASES
+                {
+                    return Err(Rejection::new(
+                        ErrorCode::InvalidPayload,
+                        format!("a room holds at most {} canvases", canvas::MAX_CANVASES),
+                    ));
+                }
+                let next = self.snapshot.version + 1;
+                self.canvases
+                    .entry(adlob_id.clone())
+                    .or_default()
+                    .apply(op.clone(), next)?;
+                Event::CanvasDelta {
+                    adlob_id,
+                    phase,
+                    op,
+                    player_id: id,
+                }
+            }
+            Action::BigIdea { adlob_id, text } => {
+                let id = self.acting_player(actor)?;
+                self.require_roster(actor)?;
+                if self.snapshot.status != GameStatus::Creating
+                    || self.snapshot.current_phase != Some(CreationPhase::BigIdea)
+                {
+                    return Err(Rejection::new(
+                        ErrorCode::InvalidTransition,
+                        "big ideas are accepted only in the big_idea phase",
+                    ));
+                }
+                if !self.big_ideas.contains_key(&adlob_id)
+                    && self.big_ideas.len() >= canvas::MAX_CANVASES
+                {
+                    return Err(Rejection::new(
+                        ErrorCode::InvalidPayload,
+                        "too many big ideas in this room",
+                    ));
+                }
+                self.big_ideas.insert(
+                    adlob_id.clone(),
+                    BigIdea {
+                        text: text.clone(),
+                        author_id: id.clone(),
+                        version: self.snapshot.version + 1,
+                    },
+                );
+                Event::BigIdeaSubmitted {
+                    adlob_id,
+                    text,
+                    author_id: id,
+                }
+            }
+        };
+        self.snapshot.version += 1;
+        self.refresh_deadline();
+        Ok(Applied {
+            event,
+            version: self.snapshot.version,
+            changed: true,
+        })
+    }
+
+    fn move_to(&mut self, (status, phase): (GameStatus, Option<CreationPhase>), start: String) {
+        self.snapshot.status = status;
+        self.snapshot.current_phase = phase;
+        self.snapshot.phase_start_time = Some(start);
+    }
+
+    fn acting_player(&self, actor: &Actor) -> Result<String, Rejection> {
+        match actor {
+            Actor::Player(id) => Ok(id.clone()),
+            Actor::Server => Err(Rejection::new(
+                ErrorCode::InvalidPayload,
+                "this action needs a player",
+            )),
+        }
+    }
+
+    /// The acting player's roster entry; `None` for the server, which needs none.
+    fn require_roster(&self, actor: &Actor) -> Result<Option<&PlayerSummary>, Rejection> {
+        match actor {
+            Actor::Player(id) => self.player(id).map(Some).ok_or_else(not_in_roster),
+            Actor::Server => Ok(None),
+        }
+    }
+
+    fn require_host(&self, actor: &Actor) -> Result<(), Rejection> {
+        match self.require_roster(actor)? {
+            Some(p) if !p.is_host => Err(Rejection::new(
+                ErrorCode::Forbidden,
+                "only the host may advance the phase",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn not_in_roster() -> Rejection {
+    Rejection::new(ErrorCode::PlayerNotFound, "player is not in this room's roster")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,96 @@
+//! Builds the application from settings and a bound listener, and stops it.
+
+use crate::auth::TokenKeys;
+use crate::config::Config;
+use crate::observe::{Observer, Telemetry};
+use crate::owner::RoomContext;
+use crate::registry::Registry;
+use crate::telemetry::{metrics, Metrics};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Everything a connection handler needs, shared by reference count.
+pub struct App {
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    pub registry: Registry,
+    pub keys: TokenKeys,
+    /// Cancelled once, on SIGTERM/SIGINT or `ServerHandle::shutdown`: the accept loop
+    /// stops, readiness turns 503, every socket closes with 1012.
+    pub shutdown: CancellationToken,
+    /// Every connection task, so shutdown can wait for them to finish.
+    pub tasks: TaskTracker,
+}
+
+impl App {
+    pub fn is_ready(&self) -> bool {
+        !self.shutdown.is_cancelled()
+    }
+}
+
+/// A running server.
+pub struct ServerHandle {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+/// Binds the players' port and starts serving.
+pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
+    let listener = TcpListener::bind((config.bind_addr, config.port)).await?;
+    Ok(serve(listener, config))
+}
+
+/// Starts serving on an already bound listener.
+pub fn serve(listener: TcpListener, config: Config) -> ServerHandle {
+    let metrics = Arc::new(Metrics::default());
+    let shutdown = CancellationToken::new();
+    let observers: Vec<Arc<dyn Observer>> = vec![Arc::new(Telemetry(metrics.clone()))];
+    let ctx = Arc::new(RoomContext {
+        metrics: metrics.clone(),
+        observers: observers.into(),
+        heartbeat_interval: config.heartbeat_interval,
+        history_limit: config.room_history_limit,
+        max_sockets: config.max_sockets_per_room,
+        shutdown: shutdown.clone(),
+    });
+    let app = Arc::new(App {
+        keys: TokenKeys::new(&config.shared_secret.0),
+        registry: Registry::new(ctx),
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+        tasks: TaskTracker::new(),
+        config,
+    });
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    if let Some(interval) = app.config.metrics_flush_interval {
+        tokio::spawn(metrics::flush_loop(metrics, interval, shutdown));
+    }
+    tracing::info!(port = addr.port(), addr = %addr, "realtime_server_listening");
+    let accept = tokio::spawn(crate::edge::accept_loop(listener, app.clone()));
+    ServerHandle { addr, app, accept }
+}
+
+impl ServerHandle {
+    pub fn registry(&self) -> &Registry {
+        &self.app.registry
+    }
+
+    /// Graceful shutdown: stop accepting, close sockets with 1012, wait for them
+    /// (up to the configured grace), then return.
+    pub async fn shutdown(self) {
+        tracing::info!("shutdown_started");
+        self.app.shutdown.cancel();
+        let _ = self.accept.await;
+        self.app.tasks.close();
+        let drained = tokio::time::timeout(self.app.config.shutdown_grace, self.app.tasks.wait())
+            .await
+            .is_ok();
+        tracing::info!(drained, "shutdown_complete");
+    }
+}

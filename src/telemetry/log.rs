@@ -1,0 +1,121 @@
+//! One JSON object per line on stdout: `level`, `message`, `time`, then the event's
+//! fields at top level (`roomCode`, `playerId`, …), as the Node service logged.
+//!
+//! A field named `metrics` whose value is JSON text is embedded as JSON, so the
+//! `metrics_flush` line carries an object, not a string.
+
+use std::io::Write;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
+
+use crate::config::LogLevel;
+use crate::protocol::format_time;
+
+/// Installs the JSON logger as the global subscriber. Safe to call more than once
+/// (later calls are ignored), which tests that start several servers rely on.
+pub fn init(level: LogLevel) {
+    let max = match level {
+        LogLevel::Debug => tracing::level_filters::LevelFilter::DEBUG,
+        LogLevel::Info => tracing::level_filters::LevelFilter::INFO,
+        LogLevel::Warn => tracing::level_filters::LevelFilter::WARN,
+        LogLevel::Error => tracing::level_filters::LevelFilter::ERROR,
+    };
+    // Only our own crate's events; dependencies' debug chatter stays out of the stream.
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_target(env!("CARGO_CRATE_NAME"), max)
+        .with_default(tracing::level_filters::LevelFilter::WARN.min(max));
+    let _ = tracing_subscriber::registry()
+        .with(JsonLines.with_filter(filter))
+        .try_init();
+}
+
+struct JsonLines;
+
+#[derive(Default)]
+struct Fields(serde_json::Map<String, serde_json::Value>);
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().to_string(), format!("{value:?}").into());
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        let v = if field.name() == "metrics" {
+            serde_json::from_str(value).unwrap_or_else(|_| value.into())
+        } else {
+            value.into()
+        };
+        self.0.insert(field.name().to_string(), v);
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+}
+
+/// Renders one log line. Kept separate from the layer so it can be unit-tested.
+fn render(level: &Level, mut fields: Fields, time: String) -> String {
+    let mut line = serde_json::Map::new();
+    let level = match *level {
+        Level::ERROR => "error",
+        Level::WARN => "warn",
+        Level::INFO => "info",
+        _ => "debug",
+    };
+    line.insert("level".into(), level.into());
+    let message = fields.0.remove("message").unwrap_or_default();
+    line.insert("message".into(), message);
+    line.insert("time".into(), time.into());
+    if let Some(serde_json::Value::String(s)) = fields.0.get("metrics") {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(s) {
+            fields.0.insert("metrics".into(), v);
+        }
+    }
+    line.extend(fields.0);
+    let mut text = serde_json::Value::Object(line).to_string();
+    text.push('\n');
+    text
+}
+
+impl<S: Subscriber> Layer<S> for JsonLines {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let text = render(
+            event.metadata().level(),
+            fields,
+            format_time(time::OffsetDateTime::now_utc()),
+        );
+        // One write per line so concurrent lines never interleave; a closed stdout
+        // must not take the server down.
+        let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_operator_shape() {
+        let mut f = Fields::default();
+        f.0.insert("message".into(), "join_room_success".into());
+        f.0.insert("roomCode".into(), "ABC".into());
+        f.0.insert("metrics".into(), r#"{"a":1}"#.into());
+        let line = render(&Level::INFO, f, "2026-01-01T00:00:00.000Z".into());
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(v["level"], "info");
+        assert_eq!(v["message"], "join_room_success");
+        assert_eq!(v["roomCode"], "ABC");
+        assert_eq!(v["metrics"]["a"], 1);
+        assert!(line.ends_with('\n'));
+    }
+}

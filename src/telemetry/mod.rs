@@ -1,0 +1,6 @@
+//! Telemetry in one place: JSON logs (`log`), counters and gauges (`metrics`).
+
+pub mod log;
+pub mod metrics;
+
+pub use metrics::Metrics;
