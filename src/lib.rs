@@ -7,6 +7,7 @@
 //! the full picture.
 
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod edge;
 pub mod observe;

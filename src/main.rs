@@ -1,10 +1,19 @@
 //! `karaoke-realtime`: reads configuration, starts the server, stops it on a signal.
 
+use karaoke_realtime::cli::{self, Command};
 use karaoke_realtime::config::Config;
 use karaoke_realtime::{server, telemetry};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match cli::parse(&args) {
+        Ok(command) => command,
+        Err(e) => {
+            eprintln!("{e}\n{}", cli::USAGE);
+            return std::process::ExitCode::from(2);
+        }
+    };
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(errors) => {
@@ -14,6 +23,9 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if command != Command::Serve {
+        return std::process::ExitCode::from(cli::run(command, &config));
+    }
     telemetry::log::init(config.log_level);
     if config.secret_is_random {
         tracing::warn!(
