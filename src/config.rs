@@ -12,8 +12,20 @@ pub struct Config {
     pub bind_addr: IpAddr,
     /// Players' HTTP/WebSocket port (`PORT`); 0 picks a free port.
     pub port: u16,
-    /// gRPC admin plane port (`ADMIN_PORT`).
+    /// gRPC admin plane port (`ADMIN_PORT`); 0 picks a free port.
     pub admin_port: u16,
+    /// Bearer token the admin plane requires (`ADMIN_TOKEN`). `None`: the admin plane
+    /// binds to loopback only.
+    pub admin_token: Option<Secret>,
+    /// Address the admin plane binds to when a token is set (`ADMIN_BIND_ADDR`).
+    pub admin_bind_addr: IpAddr,
+    /// TLS for the admin plane (`ADMIN_TLS_CERT_FILE` + `ADMIN_TLS_KEY_FILE`, and
+    /// `ADMIN_TLS_CLIENT_CA_FILE` to require client certificates).
+    pub admin_tls: Option<AdminTls>,
+    /// Lifetime of minted join tokens when the caller gives none.
+    pub token_ttl_default_secs: u64,
+    /// Longest lifetime a caller may ask for.
+    pub token_ttl_max_secs: u64,
     pub log_level: LogLevel,
     /// Period of the `metrics_flush` log line; `None` disables it.
     pub metrics_flush_interval: Option<Duration>,
@@ -38,6 +50,15 @@ pub struct Config {
     pub max_sockets_per_room: usize,
     /// How long shutdown waits for sockets to close and writes to flush.
     pub shutdown_grace: Duration,
+}
+
+/// PEM material for the admin plane's TLS, read at start-up.
+#[derive(Clone)]
+pub struct AdminTls {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Secret,
+    /// When set, clients must present a certificate signed by this CA.
+    pub client_ca_pem: Option<Vec<u8>>,
 }
 
 /// A secret that never prints.
@@ -75,6 +96,11 @@ impl std::fmt::Debug for Config {
             .field("bind_addr", &self.bind_addr)
             .field("port", &self.port)
             .field("admin_port", &self.admin_port)
+            .field("admin_token", &self.admin_token)
+            .field("admin_bind_addr", &self.admin_bind_addr)
+            .field("admin_tls", &self.admin_tls.is_some())
+            .field("token_ttl_default_secs", &self.token_ttl_default_secs)
+            .field("token_ttl_max_secs", &self.token_ttl_max_secs)
             .field("log_level", &self.log_level)
             .field("metrics_flush_interval", &self.metrics_flush_interval)
             .field("shared_secret", &self.shared_secret)
@@ -128,6 +154,29 @@ impl Reader<'_> {
         Duration::from_millis(self.number(name, default, min, 86_400_000))
     }
 
+    fn ip(&mut self, name: &str, default: IpAddr) -> IpAddr {
+        let Some(raw) = self.raw(name) else {
+            return default;
+        };
+        raw.trim().parse().unwrap_or_else(|_| {
+            self.errors
+                .push(format!("{name}: expected an IP address, got {raw:?}"));
+            default
+        })
+    }
+
+    fn file(&mut self, name: &str) -> Option<Vec<u8>> {
+        let path = self.raw(name)?;
+        match std::fs::read(path.trim()) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                self.errors
+                    .push(format!("{name}: cannot read {path:?}: {e}"));
+                None
+            }
+        }
+    }
+
     fn boolean(&mut self, name: &str, default: bool) -> bool {
         let Some(raw) = self.raw(name) else {
             return default;
@@ -156,16 +205,52 @@ impl Config {
             get,
             errors: Vec::new(),
         };
-        let bind_addr = match r.raw("BIND_ADDR") {
-            None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            Some(raw) => raw.trim().parse().unwrap_or_else(|_| {
-                r.errors
-                    .push(format!("BIND_ADDR: expected an IP address, got {raw:?}"));
-                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-            }),
-        };
+        let bind_addr = r.ip("BIND_ADDR", IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         let port = r.number("PORT", 8080u16, 0, u16::MAX);
         let admin_port = r.number("ADMIN_PORT", 50051u16, 0, u16::MAX);
+        let admin_token = match r.raw("ADMIN_TOKEN") {
+            Some(t) if t.len() < 16 => {
+                r.errors
+                    .push("ADMIN_TOKEN: must be at least 16 bytes long".to_string());
+                None
+            }
+            t => t.map(|t| Secret(t.into_bytes())),
+        };
+        let admin_bind_addr = r.ip("ADMIN_BIND_ADDR", IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        let cert = r.file("ADMIN_TLS_CERT_FILE");
+        let key = r.file("ADMIN_TLS_KEY_FILE");
+        let client_ca = r.file("ADMIN_TLS_CLIENT_CA_FILE");
+        let admin_tls = match (cert, key) {
+            (Some(cert_pem), Some(key_pem)) => Some(AdminTls {
+                cert_pem,
+                key_pem: Secret(key_pem),
+                client_ca_pem: client_ca,
+            }),
+            (None, None) => {
+                if client_ca.is_some() {
+                    r.errors.push(
+                        "ADMIN_TLS_CLIENT_CA_FILE: needs ADMIN_TLS_CERT_FILE and ADMIN_TLS_KEY_FILE"
+                            .to_string(),
+                    );
+                }
+                None
+            }
+            _ => {
+                r.errors.push(
+                    "ADMIN_TLS_CERT_FILE: set together with ADMIN_TLS_KEY_FILE".to_string(),
+                );
+                None
+            }
+        };
+        let token_ttl_max_secs =
+            r.number("ADMIN_TOKEN_MAX_TTL_SECONDS", 86_400u64, 60, 30 * 86_400);
+        let token_ttl_default_secs =
+            r.number("ADMIN_TOKEN_TTL_SECONDS", 14_400u64, 60, 30 * 86_400);
+        if token_ttl_default_secs > token_ttl_max_secs {
+            r.errors.push(
+                "ADMIN_TOKEN_TTL_SECONDS: must not exceed ADMIN_TOKEN_MAX_TTL_SECONDS".to_string(),
+            );
+        }
         let log_level = match r.raw("LOG_LEVEL").map(|v| v.trim().to_ascii_lowercase()) {
             None => LogLevel::Info,
             Some(v) => match v.as_str() {
@@ -218,6 +303,11 @@ impl Config {
             bind_addr,
             port,
             admin_port,
+            admin_token,
+            admin_bind_addr,
+            admin_tls,
+            token_ttl_default_secs,
+            token_ttl_max_secs,
             log_level,
             metrics_flush_interval,
             shared_secret,
@@ -241,6 +331,7 @@ impl Config {
         let mut config = Config::from_lookup(&|name| match name {
             "REALTIME_SHARED_SECRET" => Some(secret.clone()),
             "PORT" => Some("0".into()),
+            "ADMIN_PORT" => Some("0".into()),
             "BIND_ADDR" => Some("127.0.0.1".into()),
             "METRICS_FLUSH_INTERVAL_MS" => Some("0".into()),
             _ => None,

@@ -18,3 +18,8 @@ pub mod registry;
 pub mod room;
 pub mod server;
 pub mod telemetry;
+
+/// The admin plane lives in the top-level `admin/` folder (its own plane, its own
+/// port); it is compiled into this library so it calls the same room owners.
+#[path = "../admin/mod.rs"]
+pub mod admin;

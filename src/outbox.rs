@@ -23,6 +23,10 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     pub const RESTART: u16 = 1012;
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The room was closed through the admin plane.
+    pub const ROOM_CLOSED: u16 = 4000;
+    /// The player was removed from the room's roster.
+    pub const REMOVED: u16 = 4001;
 
     pub fn reason(code: u16) -> &'static str {
         match code {
@@ -31,6 +35,8 @@ pub mod close {
             TOO_BIG => "message too big",
             RESTART => "server restarting",
             TRY_AGAIN_LATER => "outbound queue full",
+            ROOM_CLOSED => "room closed",
+            REMOVED => "removed from room",
             _ => "",
         }
     }
@@ -43,6 +49,8 @@ struct Control {
     closing: CancellationToken,
     /// The close code to send; the first caller of `close` wins.
     code: AtomicU16,
+    /// A reason other than the code's usual one, set with the code.
+    reason: std::sync::OnceLock<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +74,7 @@ impl Outbox {
         let control = Arc::new(Control {
             closing: CancellationToken::new(),
             code: AtomicU16::new(0),
+            reason: std::sync::OnceLock::new(),
         });
         (Outbox { tx, control }, rx)
     }
@@ -93,6 +102,31 @@ impl Outbox {
 
     pub fn is_closing(&self) -> bool {
         self.control.closing.is_cancelled()
+    }
+
+    /// Like `close`, with a reason of the caller's (at most 123 bytes are sent).
+    pub fn close_with_reason(&self, code: u16, reason: &str) {
+        if self
+            .control
+            .code
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            let mut end = reason.len().min(123);
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            let _ = self.control.reason.set(reason[..end].to_string());
+        }
+        self.control.closing.cancel();
+    }
+
+    /// The reason sent with the close frame.
+    pub fn close_reason(&self) -> String {
+        match self.control.reason.get() {
+            Some(reason) => reason.clone(),
+            None => close::reason(self.close_code()).to_string(),
+        }
     }
 
     /// Resolves once `close` has been called.

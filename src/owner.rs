@@ -9,7 +9,7 @@
 use crate::observe::{Observers, Origin};
 use crate::outbox::{Frame, Outbox, Push};
 use crate::protocol::server::{BigIdeaState, CanvasState, ServerMessage};
-use crate::protocol::{format_time, ErrorCode, Rejection, RoomSnapshot};
+use crate::protocol::{ErrorCode, Rejection, RoomSnapshot};
 use crate::room::{Action, Actor, Applied, Event, Room};
 use crate::telemetry::Metrics;
 use std::collections::VecDeque;
@@ -61,6 +61,28 @@ pub enum RoomMsg {
     Snapshot {
         reply: oneshot::Sender<RoomSnapshot>,
     },
+    /// Everything the admin plane reports about a room.
+    Info {
+        reply: oneshot::Sender<RoomInfo>,
+    },
+    /// Adds a watcher: it receives every event frame (not heartbeats), starting with
+    /// the current `room_state`.
+    Watch {
+        out: Outbox,
+    },
+    /// Disconnects everyone with `reason`, ends watchers, and stops the owner.
+    Close {
+        reason: String,
+        reply: oneshot::Sender<RoomSnapshot>,
+    },
+}
+
+/// A room's state as the admin plane reports it.
+#[derive(Debug, Clone)]
+pub struct RoomInfo {
+    pub snapshot: RoomSnapshot,
+    pub settings: crate::room::Settings,
+    pub connections: usize,
 }
 
 /// A cheap, cloneable address of a room's owner.
@@ -128,6 +150,24 @@ impl RoomHandle {
         self.tx.send(RoomMsg::Snapshot { reply }).await.ok()?;
         rx.await.ok()
     }
+
+    pub async fn info(&self) -> Option<RoomInfo> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(RoomMsg::Info { reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Registers a watcher's outbox; false if the room is gone.
+    pub async fn watch(&self, out: Outbox) -> bool {
+        self.tx.send(RoomMsg::Watch { out }).await.is_ok()
+    }
+
+    /// Closes the room; returns its final snapshot, or `None` if it was already gone.
+    pub async fn close(&self, reason: String) -> Option<RoomSnapshot> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(RoomMsg::Close { reason, reply }).await.ok()?;
+        rx.await.ok()
+    }
 }
 
 /// Starts the owner task of `room` and returns its handle.
@@ -137,6 +177,7 @@ pub fn spawn(room: Room, ctx: Arc<RoomContext>) -> RoomHandle {
     let owner = Owner {
         room,
         members: Vec::new(),
+        watchers: Vec::new(),
         history: VecDeque::new(),
         ctx,
     };
@@ -147,6 +188,8 @@ pub fn spawn(room: Room, ctx: Arc<RoomContext>) -> RoomHandle {
 struct Owner {
     room: Room,
     members: Vec<Member>,
+    /// Admin-plane watchers of this room's events.
+    watchers: Vec<Outbox>,
     /// (version, frame) of the last changes, oldest first, for `lastVersion` resume.
     history: VecDeque<(u64, Frame)>,
     ctx: Arc<RoomContext>,
@@ -164,6 +207,11 @@ impl Owner {
             let deadline = self.phase_deadline();
             tokio::select! {
                 msg = rx.recv() => match msg {
+                    Some(RoomMsg::Close { reason, reply }) => {
+                        self.close(&reason);
+                        let _ = reply.send(self.room.snapshot().clone());
+                        break;
+                    }
                     Some(msg) => self.handle(msg),
                     None => break,
                 },
@@ -201,7 +249,34 @@ impl Owner {
             RoomMsg::Snapshot { reply } => {
                 let _ = reply.send(self.room.snapshot().clone());
             }
+            RoomMsg::Info { reply } => {
+                let _ = reply.send(RoomInfo {
+                    snapshot: self.room.snapshot().clone(),
+                    settings: self.room.settings.clone(),
+                    connections: self.members.len(),
+                });
+            }
+            RoomMsg::Watch { out } => {
+                if out.push(self.room_state_frame()) == Push::Queued {
+                    self.watchers.push(out);
+                }
+            }
+            // Handled by the run loop, which stops after it.
+            RoomMsg::Close { reason, reply } => {
+                self.close(&reason);
+                let _ = reply.send(self.room.snapshot().clone());
+            }
         }
+    }
+
+    fn close(&mut self, reason: &str) {
+        for m in self.members.drain(..) {
+            m.out.close_with_reason(crate::outbox::close::ROOM_CLOSED, reason);
+        }
+        for w in self.watchers.drain(..) {
+            w.close(crate::outbox::close::ROOM_CLOSED);
+        }
+        tracing::info!(roomCode = %self.room.code(), version = self.room.version(), "room_closed");
     }
 
     fn attach(&mut self, member: Member, last_version: Option<u64>) -> Result<(), Rejection> {
@@ -327,10 +402,27 @@ impl Owner {
     fn command(
         &mut self,
         origin: Origin,
-        action: Action,
+        mut action: Action,
         reply: Option<oneshot::Sender<Result<Applied, Rejection>>>,
     ) {
+        if let Action::UpsertPlayer { player } = &mut action {
+            // A token may have joined before the backend added the player.
+            player.connected = self.members.iter().any(|m| m.player_id == player.id);
+        }
         let result = self.change(&origin, action, None);
+        if let Ok(Applied {
+            event: Event::PlayerRemoved { player_id },
+            ..
+        }) = &result
+        {
+            self.members.retain(|m| {
+                let removed = &m.player_id == player_id;
+                if removed {
+                    m.out.close(crate::outbox::close::REMOVED);
+                }
+                !removed
+            });
+        }
         match (reply, &origin, result) {
             (Some(reply), _, result) => {
                 let _ = reply.send(result);
@@ -393,10 +485,12 @@ impl Owner {
             self.history.push_back((applied.version, frame.clone()));
         }
         self.broadcast(&frame, except);
+        self.notify_watchers(&frame);
         if applied.event.sends_room_state() && !matches!(applied.event, Event::PlayerConnected { .. })
         {
             let state = self.room_state_frame();
             self.broadcast(&state, except);
+            self.notify_watchers(&state);
         }
         tracing::trace!(elapsed_us = started.elapsed().as_micros() as u64, "fan_out");
     }
@@ -415,7 +509,7 @@ impl Owner {
         let version = applied.version;
         let message = match &applied.event {
             Event::PlayerConnected { .. } => ServerMessage::RoomState { snapshot },
-            Event::PlayerLeft { player_id } => ServerMessage::PlayerLeft {
+            Event::PlayerLeft { player_id } | Event::PlayerRemoved { player_id } => ServerMessage::PlayerLeft {
                 room_code,
                 player_id,
                 version,
@@ -475,6 +569,42 @@ impl Owner {
                 author_id,
                 version,
             },
+            Event::PlayerJoined { player_id } => match self.room.player(player_id) {
+                Some(player) => ServerMessage::PlayerJoined {
+                    room_code,
+                    player,
+                    version,
+                },
+                None => ServerMessage::RoomState { snapshot },
+            },
+            Event::SettingsChanged => {
+                let s = &self.room.settings;
+                ServerMessage::SettingsChanged {
+                    room_code,
+                    product_category: s.product_category.as_deref(),
+                    phase_duration_seconds: s.phase_duration_seconds,
+                    brief_style: s.brief_style.as_deref(),
+                    wacky_brief_style: s.wacky_brief_style.as_deref(),
+                    auto_advance: s.auto_advance,
+                    version,
+                }
+            }
+            Event::BriefUpdated { brief_id } => ServerMessage::BriefUpdated {
+                room_code,
+                brief_id,
+                version,
+            },
+            Event::ContentSubmitted {
+                adlob_id,
+                phase,
+                player_id,
+            } => ServerMessage::ContentSubmitted {
+                room_code,
+                adlob_id,
+                phase: *phase,
+                player_id,
+                version,
+            },
         };
         message.to_text().into()
     }
@@ -489,6 +619,11 @@ impl Owner {
                 tracing::warn!(roomCode = %self.room.code(), playerId = %m.player_id, "slow_consumer_closed");
             }
         }
+    }
+
+    fn notify_watchers(&mut self, frame: &Frame) {
+        self.watchers
+            .retain(|w| w.push(frame.clone()) == Push::Queued);
     }
 
     fn send_heartbeat(&self) {
@@ -511,9 +646,4 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// Formats the server's own clock for tests and callers that need "now".
-pub fn now_text() -> String {
-    format_time(OffsetDateTime::now_utc())
 }

@@ -61,6 +61,11 @@ impl Registry {
         Ok(handle)
     }
 
+    /// Forgets a room (after its owner closed it).
+    pub fn remove(&self, code: &str) -> Option<RoomHandle> {
+        self.write().remove(code)
+    }
+
     pub fn len(&self) -> usize {
         self.read().len()
     }

@@ -33,19 +33,32 @@ impl App {
 
 /// A running server.
 pub struct ServerHandle {
+    /// The players' HTTP/WebSocket address.
     pub addr: SocketAddr,
+    /// The admin plane's gRPC address.
+    pub admin_addr: SocketAddr,
     pub app: Arc<App>,
     accept: tokio::task::JoinHandle<()>,
+    admin: tokio::task::JoinHandle<()>,
+    admin_health: crate::admin::Health,
+    /// Stops the admin plane; cancelled last, after sockets have drained.
+    admin_stop: CancellationToken,
 }
 
-/// Binds the players' port and starts serving.
+/// Binds the players' port and the admin port, and starts serving both.
 pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
     let listener = TcpListener::bind((config.bind_addr, config.port)).await?;
-    Ok(serve(listener, config))
+    // Without an admin token the admin plane must not be reachable from the network.
+    let admin_ip = match config.admin_token {
+        Some(_) => config.admin_bind_addr,
+        None => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+    };
+    let admin_listener = TcpListener::bind((admin_ip, config.admin_port)).await?;
+    Ok(serve(listener, admin_listener, config))
 }
 
-/// Starts serving on an already bound listener.
-pub fn serve(listener: TcpListener, config: Config) -> ServerHandle {
+/// Starts serving on already bound listeners.
+pub fn serve(listener: TcpListener, admin_listener: TcpListener, config: Config) -> ServerHandle {
     let metrics = Arc::new(Metrics::default());
     let shutdown = CancellationToken::new();
     let observers: Vec<Arc<dyn Observer>> = vec![Arc::new(Telemetry(metrics.clone()))];
@@ -73,7 +86,43 @@ pub fn serve(listener: TcpListener, config: Config) -> ServerHandle {
     }
     tracing::info!(port = addr.port(), addr = %addr, "realtime_server_listening");
     let accept = tokio::spawn(crate::edge::accept_loop(listener, app.clone()));
-    ServerHandle { addr, app, accept }
+
+    let admin_addr = admin_listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+    if app.config.admin_token.is_none() {
+        tracing::warn!(
+            port = admin_addr.port(),
+            "ADMIN_TOKEN is not set: the admin plane listens on loopback only"
+        );
+    }
+    tracing::info!(
+        port = admin_addr.port(),
+        addr = %admin_addr,
+        tls = app.config.admin_tls.is_some(),
+        "admin_plane_listening"
+    );
+    let (admin_health, health_service) = tonic_health::server::health_reporter();
+    let admin_stop = CancellationToken::new();
+    let admin = tokio::spawn({
+        let (app, health, stop) = (app.clone(), admin_health.clone(), admin_stop.clone());
+        async move {
+            if let Err(e) =
+                crate::admin::serve(app, admin_listener, health, health_service, stop).await
+            {
+                tracing::error!(error = %e, "admin_plane_failed");
+            }
+        }
+    });
+    ServerHandle {
+        addr,
+        admin_addr,
+        app,
+        accept,
+        admin,
+        admin_health,
+        admin_stop,
+    }
 }
 
 impl ServerHandle {
@@ -85,12 +134,15 @@ impl ServerHandle {
     /// (up to the configured grace), then return.
     pub async fn shutdown(self) {
         tracing::info!("shutdown_started");
+        crate::admin::set_not_serving(&self.admin_health).await;
         self.app.shutdown.cancel();
         let _ = self.accept.await;
         self.app.tasks.close();
         let drained = tokio::time::timeout(self.app.config.shutdown_grace, self.app.tasks.wait())
             .await
             .is_ok();
+        self.admin_stop.cancel();
+        let _ = self.admin.await;
         tracing::info!(drained, "shutdown_complete");
     }
 }

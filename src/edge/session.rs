@@ -95,7 +95,7 @@ where
         }
         sink.send(Message::Close(Some(CloseFrame {
             code: CloseCode::from(code),
-            reason: close::reason(code).into(),
+            reason: out.close_reason().into(),
         })))
         .await?;
         sink.close().await

@@ -124,6 +124,8 @@ pub mod limits {
     pub const BIG_IDEA_MAX: usize = 500;
     pub const MAX_PLAYERS: usize = 8;
     pub const PRESENT_INDEX_MAX: i64 = 1000;
+    pub const SETTING_TEXT_MAX: usize = 200;
+    pub const PHASE_DURATION_MAX: u32 = 3600;
 }
 
 /// Checks an identifier (room code, player id, adlob id): non-empty, bounded, printable.

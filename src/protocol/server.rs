@@ -88,6 +88,28 @@ pub enum ServerMessage<'a> {
         author_id: &'a str,
         version: u64,
     },
+    SettingsChanged {
+        room_code: &'a str,
+        product_category: Option<&'a str>,
+        phase_duration_seconds: Option<u32>,
+        brief_style: Option<&'a str>,
+        wacky_brief_style: Option<&'a str>,
+        /// Part B: whether phase timers advance the game.
+        auto_advance: bool,
+        version: u64,
+    },
+    BriefUpdated {
+        room_code: &'a str,
+        brief_id: &'a str,
+        version: u64,
+    },
+    ContentSubmitted {
+        room_code: &'a str,
+        adlob_id: &'a str,
+        phase: CreationPhase,
+        player_id: &'a str,
+        version: u64,
+    },
     Heartbeat {
         room_code: &'a str,
         timestamp: i64,

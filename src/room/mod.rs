@@ -72,6 +72,57 @@ pub enum Action {
         adlob_id: String,
         text: String,
     },
+    // Server-only actions (the admin plane); a player asking for them is refused.
+    /// Adds a roster player or updates the one with the same id.
+    UpsertPlayer {
+        player: PlayerSummary,
+    },
+    RemovePlayer {
+        player_id: String,
+    },
+    /// Status and phase set outright, bypassing the game rules.
+    Force {
+        status: GameStatus,
+        phase: Option<CreationPhase>,
+        start_time: Option<String>,
+    },
+    /// Replaces the fields that are `Some`.
+    UpdateSettings {
+        patch: SettingsPatch,
+    },
+    BriefUpdated {
+        brief_id: String,
+    },
+    ContentSubmitted {
+        adlob_id: String,
+        phase: CreationPhase,
+        player_id: String,
+    },
+}
+
+/// A partial settings update: `None` keeps the current value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SettingsPatch {
+    pub product_category: Option<String>,
+    pub phase_duration_seconds: Option<u32>,
+    pub brief_style: Option<String>,
+    pub wacky_brief_style: Option<String>,
+    pub auto_advance: Option<bool>,
+}
+
+impl Action {
+    /// Whether only the server (never a player) may ask for this action.
+    pub fn is_server_only(&self) -> bool {
+        matches!(
+            self,
+            Action::UpsertPlayer { .. }
+                | Action::RemovePlayer { .. }
+                | Action::Force { .. }
+                | Action::UpdateSettings { .. }
+                | Action::BriefUpdated { .. }
+                | Action::ContentSubmitted { .. }
+        )
+    }
 }
 
 /// The change an applied action made. Data that the room already holds (status,
@@ -87,6 +138,11 @@ pub enum Event {
     Presentation { present_index: i64, show_campaign: bool },
     CanvasDelta { adlob_id: String, phase: CreationPhase, op: CanvasOp, player_id: String },
     BigIdeaSubmitted { adlob_id: String, text: String, author_id: String },
+    PlayerJoined { player_id: String },
+    PlayerRemoved { player_id: String },
+    SettingsChanged,
+    BriefUpdated { brief_id: String },
+    ContentSubmitted { adlob_id: String, phase: CreationPhase, player_id: String },
 }
 
 impl Event {
@@ -101,6 +157,11 @@ impl Event {
             Event::Presentation { .. } => "presentation_state",
             Event::CanvasDelta { .. } => "canvas_delta",
             Event::BigIdeaSubmitted { .. } => "big_idea_submitted",
+            Event::PlayerJoined { .. } => "player_joined",
+            Event::PlayerRemoved { .. } => "player_removed",
+            Event::SettingsChanged => "settings_changed",
+            Event::BriefUpdated { .. } => "brief_updated",
+            Event::ContentSubmitted { .. } => "content_submitted",
         }
     }
 
@@ -110,6 +171,8 @@ impl Event {
             self,
             Event::PlayerConnected { .. }
                 | Event::PlayerLeft { .. }
+                | Event::PlayerJoined { .. }
+                | Event::PlayerRemoved { .. }
                 | Event::ReadyUpdate { .. }
                 | Event::PhaseChanged
                 | Event::StatusChanged
@@ -134,6 +197,8 @@ pub struct Room {
     pub settings: Settings,
     pub canvases: BTreeMap<String, Canvas>,
     pub big_ideas: BTreeMap<String, BigIdea>,
+    /// The brief the backend last announced (`brief_updated`).
+    pub brief_id: Option<String>,
 }
 
 impl Room {
@@ -158,6 +223,7 @@ impl Room {
             settings,
             canvases: BTreeMap::new(),
             big_ideas: BTreeMap::new(),
+            brief_id: None,
         };
         room.set_players(players)?;
         Ok(room)
@@ -197,20 +263,7 @@ impl Room {
             ));
         }
         for p in players.iter_mut() {
-            check_id("players.id", &p.id, limits::ID_MAX)?;
-            check_id("players.name", &p.name, limits::NAME_MAX)?;
-            if p.emoji.chars().count() > limits::EMOJI_MAX {
-                return Err(Rejection::new(
-                    ErrorCode::InvalidPayload,
-                    "players.emoji is too long",
-                ));
-            }
-            if !(0..=i64::from(u8::MAX)).contains(&p.seat_index) {
-                return Err(Rejection::new(
-                    ErrorCode::InvalidPayload,
-                    "players.seatIndex must be between 0 and 255",
-                ));
-            }
+            check_player(p)?;
             // Presence is the server's to know, never a seed's to claim.
             p.connected = false;
         }
@@ -269,6 +322,12 @@ impl Room {
         action: Action,
         now: OffsetDateTime,
     ) -> Result<Applied, Rejection> {
+        if action.is_server_only() && *actor != Actor::Server {
+            return Err(Rejection::new(
+                ErrorCode::Forbidden,
+                "only the server may do this",
+            ));
+        }
         let event = match action {
             Action::Connect => {
                 let id = self.acting_player(actor)?;
@@ -404,6 +463,74 @@ impl Room {
                     author_id: id,
                 }
             }
+            Action::UpsertPlayer { player } => self.upsert_player(player)?,
+            Action::RemovePlayer { player_id } => {
+                let before = self.snapshot.players.len();
+                self.snapshot.players.retain(|p| p.id != player_id);
+                if self.snapshot.players.len() == before {
+                    return Err(not_in_roster());
+                }
+                Event::PlayerRemoved { player_id }
+            }
+            Action::Force {
+                status,
+                phase,
+                start_time,
+            } => {
+                if let Some(t) = &start_time {
+                    check_timestamp("phaseStartTime", t)?;
+                }
+                let to = rules::normalize(status, phase);
+                self.move_to(to, start_time.unwrap_or_else(|| format_time(now)));
+                Event::StatusChanged
+            }
+            Action::UpdateSettings { patch } => {
+                check_settings(&patch)?;
+                let s = &mut self.settings;
+                let SettingsPatch {
+                    product_category,
+                    phase_duration_seconds,
+                    brief_style,
+                    wacky_brief_style,
+                    auto_advance,
+                } = patch;
+                if product_category.is_some() {
+                    s.product_category = product_category;
+                }
+                if phase_duration_seconds.is_some() {
+                    s.phase_duration_seconds = phase_duration_seconds;
+                }
+                if brief_style.is_some() {
+                    s.brief_style = brief_style;
+                }
+                if wacky_brief_style.is_some() {
+                    s.wacky_brief_style = wacky_brief_style;
+                }
+                if let Some(on) = auto_advance {
+                    s.auto_advance = on;
+                }
+                Event::SettingsChanged
+            }
+            Action::BriefUpdated { brief_id } => {
+                check_id("briefId", &brief_id, limits::ID_MAX)?;
+                self.brief_id = Some(brief_id.clone());
+                Event::BriefUpdated { brief_id }
+            }
+            Action::ContentSubmitted {
+                adlob_id,
+                phase,
+                player_id,
+            } => {
+                check_id("adlobId", &adlob_id, limits::ID_MAX)?;
+                if self.player(&player_id).is_none() {
+                    return Err(not_in_roster());
+                }
+                Event::ContentSubmitted {
+                    adlob_id,
+                    phase,
+                    player_id,
+                }
+            }
         };
         self.snapshot.version += 1;
         self.refresh_deadline();
@@ -412,6 +539,27 @@ impl Room {
             version: self.snapshot.version,
             changed: true,
         })
+    }
+
+    /// Adds or replaces a roster entry. `player.connected` is set by the room's owner,
+    /// which knows the sockets.
+    fn upsert_player(&mut self, player: PlayerSummary) -> Result<Event, Rejection> {
+        check_player(&player)?;
+        let player_id = player.id.clone();
+        let players = &mut self.snapshot.players;
+        let count = players.len();
+        match players.iter_mut().find(|p| p.id == player.id) {
+            Some(existing) => *existing = player,
+            None if count >= limits::MAX_PLAYERS => {
+                return Err(Rejection::new(
+                    ErrorCode::InvalidTransition,
+                    format!("room is full ({} players)", limits::MAX_PLAYERS),
+                ));
+            }
+            None => players.push(player),
+        }
+        players.sort_by_key(|p| p.seat_index);
+        Ok(Event::PlayerJoined { player_id })
     }
 
     fn move_to(&mut self, (status, phase): (GameStatus, Option<CreationPhase>), start: String) {
@@ -447,6 +595,52 @@ impl Room {
             _ => Ok(()),
         }
     }
+}
+
+/// Validates one roster entry's fields.
+pub fn check_player(p: &PlayerSummary) -> Result<(), Rejection> {
+    check_id("player.id", &p.id, limits::ID_MAX)?;
+    check_id("player.name", &p.name, limits::NAME_MAX)?;
+    if p.emoji.chars().count() > limits::EMOJI_MAX || p.emoji.chars().any(char::is_control) {
+        return Err(Rejection::new(
+            ErrorCode::InvalidPayload,
+            format!("player.emoji must be at most {} characters", limits::EMOJI_MAX),
+        ));
+    }
+    if !(0..=i64::from(u8::MAX)).contains(&p.seat_index) {
+        return Err(Rejection::new(
+            ErrorCode::InvalidPayload,
+            "player.seatIndex must be between 0 and 255",
+        ));
+    }
+    Ok(())
+}
+
+/// Bounds on settings text and durations.
+pub fn check_settings(patch: &SettingsPatch) -> Result<(), Rejection> {
+    for (field, value) in [
+        ("productCategory", &patch.product_category),
+        ("briefStyle", &patch.brief_style),
+        ("wackyBriefStyle", &patch.wacky_brief_style),
+    ] {
+        if let Some(v) = value
+            && (v.chars().count() > limits::SETTING_TEXT_MAX || v.chars().any(char::is_control))
+        {
+            return Err(Rejection::new(
+                ErrorCode::InvalidPayload,
+                format!("{field} must be at most {} characters", limits::SETTING_TEXT_MAX),
+            ));
+        }
+    }
+    if let Some(d) = patch.phase_duration_seconds
+        && !(1..=limits::PHASE_DURATION_MAX).contains(&d)
+    {
+        return Err(Rejection::new(
+            ErrorCode::InvalidPayload,
+            format!("phaseDurationSeconds must be 1..{}", limits::PHASE_DURATION_MAX),
+        ));
+    }
+    Ok(())
 }
 
 fn not_in_roster() -> Rejection {

@@ -1,0 +1,242 @@
+//! Conversions between the admin plane's protobuf messages and the room's types,
+//! with validation that names the offending field (INVALID_ARGUMENT).
+
+use super::pb;
+use crate::owner::RoomInfo;
+use crate::protocol::{check_id, limits, CreationPhase, ErrorCode, GameStatus, PlayerSummary, Rejection};
+use crate::room::{SettingsPatch, check_player, check_settings};
+use tonic::Status;
+
+/// Maps a room's refusal to the gRPC status that fits it.
+pub fn status_of(why: Rejection) -> Status {
+    let message = why.message;
+    match why.code {
+        ErrorCode::InvalidPayload => Status::invalid_argument(message),
+        ErrorCode::RoomNotFound | ErrorCode::PlayerNotFound => Status::not_found(message),
+        ErrorCode::InvalidTransition => Status::failed_precondition(message),
+        ErrorCode::Unavailable => Status::unavailable(message),
+        ErrorCode::Forbidden => Status::permission_denied(message),
+        ErrorCode::Unauthorized => Status::unauthenticated(message),
+        ErrorCode::RateLimited => Status::resource_exhausted(message),
+        ErrorCode::InternalError => Status::internal(message),
+    }
+}
+
+/// `field: problem` as INVALID_ARGUMENT.
+pub fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {problem}"))
+}
+
+/// Re-labels a validation rejection with the request's field name.
+fn in_field(field: &str, why: Rejection) -> Status {
+    match why.code {
+        ErrorCode::InvalidPayload => invalid(field, why.message),
+        _ => status_of(why),
+    }
+}
+
+/// A room code given by a caller: 1..32 of A-Z a-z 0-9 - _.
+pub fn room_code(field: &str, code: &str) -> Result<(), Status> {
+    if code.is_empty() || code.len() > limits::ROOM_CODE_MAX {
+        return Err(invalid(field, format!("must be 1..{} characters", limits::ROOM_CODE_MAX)));
+    }
+    if !code.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(invalid(field, "may contain only A-Z, a-z, 0-9, '-' and '_'"));
+    }
+    Ok(())
+}
+
+pub fn id(field: &str, value: &str) -> Result<(), Status> {
+    check_id(field, value, limits::ID_MAX).map_err(|why| in_field(field, why))
+}
+
+pub fn status_to_pb(status: GameStatus) -> pb::GameStatus {
+    match status {
+        GameStatus::Lobby => pb::GameStatus::Lobby,
+        GameStatus::Briefing => pb::GameStatus::Briefing,
+        GameStatus::Creating => pb::GameStatus::Creating,
+        GameStatus::Presenting => pb::GameStatus::Presenting,
+        GameStatus::Voting => pb::GameStatus::Voting,
+        GameStatus::Results => pb::GameStatus::Results,
+    }
+}
+
+pub fn status_from_pb(field: &str, value: i32) -> Result<GameStatus, Status> {
+    match pb::GameStatus::try_from(value) {
+        Ok(pb::GameStatus::Lobby) => Ok(GameStatus::Lobby),
+        Ok(pb::GameStatus::Briefing) => Ok(GameStatus::Briefing),
+        Ok(pb::GameStatus::Creating) => Ok(GameStatus::Creating),
+        Ok(pb::GameStatus::Presenting) => Ok(GameStatus::Presenting),
+        Ok(pb::GameStatus::Voting) => Ok(GameStatus::Voting),
+        Ok(pb::GameStatus::Results) => Ok(GameStatus::Results),
+        Ok(pb::GameStatus::Unspecified) => Err(invalid(field, "is required")),
+        Err(_) => Err(invalid(field, format!("unknown value {value}"))),
+    }
+}
+
+pub fn phase_to_pb(phase: Option<CreationPhase>) -> pb::CreationPhase {
+    match phase {
+        None => pb::CreationPhase::Unspecified,
+        Some(CreationPhase::BigIdea) => pb::CreationPhase::BigIdea,
+        Some(CreationPhase::Visual) => pb::CreationPhase::Visual,
+        Some(CreationPhase::Headline) => pb::CreationPhase::Headline,
+        Some(CreationPhase::Pitch) => pb::CreationPhase::Pitch,
+    }
+}
+
+pub fn phase_from_pb(field: &str, value: i32) -> Result<Option<CreationPhase>, Status> {
+    match pb::CreationPhase::try_from(value) {
+        Ok(pb::CreationPhase::Unspecified) => Ok(None),
+        Ok(pb::CreationPhase::BigIdea) => Ok(Some(CreationPhase::BigIdea)),
+        Ok(pb::CreationPhase::Visual) => Ok(Some(CreationPhase::Visual)),
+        Ok(pb::CreationPhase::Headline) => Ok(Some(CreationPhase::Headline)),
+        Ok(pb::CreationPhase::Pitch) => Ok(Some(CreationPhase::Pitch)),
+        Err(_) => Err(invalid(field, format!("unknown value {value}"))),
+    }
+}
+
+/// A roster entry from a request; `field` is the message field it came in.
+pub fn player_from_pb(field: &str, p: Option<pb::Player>) -> Result<PlayerSummary, Status> {
+    let p = p.ok_or_else(|| invalid(field, "is required"))?;
+    let player = PlayerSummary {
+        id: p.id,
+        name: p.name,
+        emoji: p.emoji,
+        is_ready: p.is_ready,
+        is_host: p.is_host,
+        seat_index: i64::from(p.seat_index),
+        connected: false,
+    };
+    check_player(&player).map_err(|why| {
+        // The room's messages say `player.x`; name the request's field instead.
+        let message = why.message.replacen("player.", &format!("{field}."), 1);
+        Status::invalid_argument(message)
+    })?;
+    Ok(player)
+}
+
+pub fn player_to_pb(p: &PlayerSummary) -> pb::Player {
+    pb::Player {
+        id: p.id.clone(),
+        name: p.name.clone(),
+        emoji: p.emoji.clone(),
+        is_ready: p.is_ready,
+        is_host: p.is_host,
+        seat_index: i32::try_from(p.seat_index).unwrap_or(i32::MAX),
+        connected: p.connected,
+    }
+}
+
+pub fn settings_from_pb(field: &str, s: Option<pb::Settings>) -> Result<SettingsPatch, Status> {
+    let s = s.unwrap_or_default();
+    let patch = SettingsPatch {
+        product_category: s.product_category,
+        phase_duration_seconds: s.phase_duration_seconds,
+        brief_style: s.brief_style,
+        wacky_brief_style: s.wacky_brief_style,
+        auto_advance: s.auto_advance,
+    };
+    check_settings(&patch).map_err(|why| invalid(field, why.message))?;
+    Ok(patch)
+}
+
+pub fn room_to_pb(info: &RoomInfo) -> pb::Room {
+    let s = &info.snapshot;
+    let settings = &info.settings;
+    pb::Room {
+        id: s.id.clone(),
+        code: s.code.clone(),
+        status: status_to_pb(s.status) as i32,
+        current_phase: phase_to_pb(s.current_phase) as i32,
+        phase_start_time: s.phase_start_time.clone().unwrap_or_default(),
+        players: s.players.iter().map(player_to_pb).collect(),
+        version: s.version,
+        phase_ends_at: s.phase_ends_at.clone().unwrap_or_default(),
+        settings: Some(pb::Settings {
+            product_category: settings.product_category.clone(),
+            phase_duration_seconds: settings.phase_duration_seconds,
+            brief_style: settings.brief_style.clone(),
+            wacky_brief_style: settings.wacky_brief_style.clone(),
+            auto_advance: Some(settings.auto_advance),
+        }),
+        connection_count: u32::try_from(info.connections).unwrap_or(u32::MAX),
+    }
+}
+
+/// The `type` and version of a player frame, for `RoomEvent`.
+pub fn event_of(frame: &str) -> pb::RoomEvent {
+    #[derive(serde::Deserialize)]
+    struct Versioned {
+        version: Option<u64>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(rename = "type")]
+        kind: String,
+        version: Option<u64>,
+        snapshot: Option<Versioned>,
+    }
+    let head: Option<Head> = serde_json::from_str(frame).ok();
+    let (kind, version) = match head {
+        Some(h) => {
+            let version = h.version.or(h.snapshot.and_then(|s| s.version)).unwrap_or(0);
+            (h.kind, version)
+        }
+        None => (String::new(), 0),
+    };
+    pb::RoomEvent {
+        r#type: kind,
+        version,
+        json: frame.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_codes_are_checked() {
+        assert!(room_code("code", "ABC-12_x").is_ok());
+        for bad in ["", "has space", "é", &"A".repeat(33)] {
+            let err = room_code("code", bad).expect_err(bad);
+            assert_eq!(err.code(), tonic::Code::InvalidArgument);
+            assert!(err.message().starts_with("code:"), "{}", err.message());
+        }
+    }
+
+    #[test]
+    fn enums_round_trip_and_reject_unknown_values() {
+        for s in [GameStatus::Lobby, GameStatus::Creating, GameStatus::Results] {
+            assert_eq!(status_from_pb("status", status_to_pb(s) as i32).ok(), Some(s));
+        }
+        assert!(status_from_pb("status", 0).is_err());
+        assert!(status_from_pb("status", 99).is_err());
+        assert!(phase_from_pb("current_phase", 99).is_err());
+        assert_eq!(phase_from_pb("current_phase", 0).ok(), Some(None));
+    }
+
+    #[test]
+    fn player_errors_name_the_request_field() {
+        let err = player_from_pb(
+            "player",
+            Some(pb::Player {
+                id: "p1".into(),
+                name: String::new(),
+                ..Default::default()
+            }),
+        )
+        .expect_err("empty name");
+        assert!(err.message().starts_with("player.name"), "{}", err.message());
+        let err = player_from_pb("host", None).expect_err("missing");
+        assert_eq!(err.message(), "host: is required");
+    }
+
+    #[test]
+    fn events_carry_type_and_version() {
+        let e = event_of(r#"{"type":"ready_update","version":7}"#);
+        assert_eq!((e.r#type.as_str(), e.version), ("ready_update", 7));
+        let e = event_of(r#"{"type":"room_state","snapshot":{"version":9}}"#);
+        assert_eq!((e.r#type.as_str(), e.version), ("room_state", 9));
+    }
+}

@@ -1,0 +1,87 @@
+//! The admin plane: a tonic gRPC service on its own port for the Next.js backend and
+//! operators (see docs/admin-api.md and proto/karaoke/admin/v1/admin.proto).
+//!
+//! Every mutating call becomes a command applied by the room's owner, exactly like a
+//! player's message (`Origin::Server`), so versions, broadcasts, metrics and log lines
+//! are the same whichever way a change arrives.
+
+pub mod auth;
+pub mod convert;
+pub mod service;
+
+/// Code generated from the .proto, and its descriptor set for server reflection.
+pub mod pb {
+    tonic::include_proto!("karaoke.admin.v1");
+
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/admin_descriptor.bin"));
+}
+
+use crate::server::App;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The admin plane's health reporter, so readiness can follow the server's.
+pub type Health = tonic_health::server::HealthReporter;
+
+/// Serves the admin plane on `listener` until `stop` is cancelled.
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    health: Health,
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    stop: CancellationToken,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let admin = pb::room_admin_server::RoomAdminServer::with_interceptor(
+        service::AdminService::new(app.clone()),
+        auth::BearerAuth::new(app.config.admin_token.as_ref()),
+    );
+    health
+        .set_serving::<pb::room_admin_server::RoomAdminServer<service::AdminService>>()
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &app.config.admin_tls {
+        let mut config = tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem.0),
+        );
+        if let Some(ca) = &tls.client_ca_pem {
+            config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        builder = builder.tls_config(config)?;
+    }
+    builder
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stop.cancelled_owned(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Marks the admin plane not serving (shutdown has begun).
+pub async fn set_not_serving(health: &Health) {
+    health
+        .set_not_serving::<pb::room_admin_server::RoomAdminServer<service::AdminService>>()
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
+}
