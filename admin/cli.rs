@@ -4,8 +4,8 @@
 //! object per line on stdout; errors go to stderr with the gRPC status code.
 
 use karaoke_realtime::admin::pb::{self, room_admin_client::RoomAdminClient};
-use karaoke_realtime::auth::{now_secs, TokenKeys};
-use serde_json::{json, Value};
+use karaoke_realtime::auth::{TokenKeys, now_secs};
+use serde_json::{Value, json};
 use std::process::ExitCode;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
@@ -208,8 +208,8 @@ async fn connect(args: &Args) -> Result<RoomAdminClient<Channel>, Failure> {
         .map(str::to_string)
         .or_else(|| std::env::var("KARAOKE_ADMIN_ADDR").ok())
         .unwrap_or_else(|| "http://127.0.0.1:50051".to_string());
-    let mut endpoint = Channel::from_shared(addr.clone())
-        .map_err(|e| Failure::Usage(format!("--addr: {e}")))?;
+    let mut endpoint =
+        Channel::from_shared(addr.clone()).map_err(|e| Failure::Usage(format!("--addr: {e}")))?;
     if let Some(ca) = args.flag("--ca") {
         let pem = std::fs::read(ca).map_err(|e| Failure::Usage(format!("--ca {ca}: {e}")))?;
         endpoint = endpoint
@@ -235,14 +235,18 @@ async fn run(raw: Vec<String>) -> Result<(), Failure> {
         let secret = std::env::var("REALTIME_SHARED_SECRET")
             .map_err(|_| "check-token needs REALTIME_SHARED_SECRET".to_string())?;
         let out = match TokenKeys::new(secret.as_bytes()).verify(&token, now_secs()) {
-            Ok(c) => json!({"valid": true, "roomCode": c.room_code, "playerId": c.player_id, "exp": c.exp}),
+            Ok(c) => {
+                json!({"valid": true, "roomCode": c.room_code, "playerId": c.player_id, "exp": c.exp})
+            }
             Err(e) => json!({"valid": false, "error": e.to_string()}),
         };
         println!("{out}");
         return if out["valid"] == true {
             Ok(())
         } else {
-            Err(Failure::Call(tonic::Status::unauthenticated("token is not valid")))
+            Err(Failure::Call(tonic::Status::unauthenticated(
+                "token is not valid",
+            )))
         };
     }
     let token = args
@@ -276,7 +280,11 @@ async fn run(raw: Vec<String>) -> Result<(), Failure> {
                 host,
                 settings: Some(settings),
             };
-            let room = client.create_room(request(req, &token)?).await?.into_inner().room;
+            let room = client
+                .create_room(request(req, &token)?)
+                .await?
+                .into_inner()
+                .room;
             room.as_ref().map(room_json).unwrap_or(Value::Null)
         }
         "list-rooms" => {
@@ -288,9 +296,11 @@ async fn run(raw: Vec<String>) -> Result<(), Failure> {
             let rooms: Vec<Value> = res
                 .rooms
                 .iter()
-                .map(|r| json!({"code": r.code, "status": status_name(r.status),
+                .map(|r| {
+                    json!({"code": r.code, "status": status_name(r.status),
                     "playerCount": r.player_count, "connectionCount": r.connection_count,
-                    "version": r.version}))
+                    "version": r.version})
+                })
                 .collect();
             json!({"rooms": rooms, "nextPageToken": res.next_page_token})
         }
@@ -298,7 +308,11 @@ async fn run(raw: Vec<String>) -> Result<(), Failure> {
             let req = pb::GetRoomRequest {
                 room_code: args.word(1, "CODE")?,
             };
-            let room = client.get_room(request(req, &token)?).await?.into_inner().room;
+            let room = client
+                .get_room(request(req, &token)?)
+                .await?
+                .into_inner()
+                .room;
             room.as_ref().map(room_json).unwrap_or(Value::Null)
         }
         "add-player" => {
@@ -314,7 +328,10 @@ async fn run(raw: Vec<String>) -> Result<(), Failure> {
                     connected: false,
                 }),
             };
-            let res = client.upsert_player(request(req, &token)?).await?.into_inner();
+            let res = client
+                .upsert_player(request(req, &token)?)
+                .await?
+                .into_inner();
             json!({"version": res.version})
         }
         "remove-player" => {
@@ -322,7 +339,10 @@ async fn run(raw: Vec<String>) -> Result<(), Failure> {
                 room_code: args.word(1, "CODE")?,
                 player_id: args.word(2, "ID")?,
             };
-            let res = client.remove_player(request(req, &token)?).await?.into_inner();
+            let res = client
+                .remove_player(request(req, &token)?)
+                .await?
+                .into_inner();
             json!({"version": res.version})
         }
         "mint-token" => {
@@ -331,7 +351,10 @@ async fn run(raw: Vec<String>) -> Result<(), Failure> {
                 player_id: args.word(2, "PLAYER")?,
                 ttl_seconds: args.number("--ttl")?.unwrap_or(0),
             };
-            let res = client.mint_player_token(request(req, &token)?).await?.into_inner();
+            let res = client
+                .mint_player_token(request(req, &token)?)
+                .await?
+                .into_inner();
             json!({"token": res.token, "expiresAt": res.expires_at})
         }
         "force-phase" => {
@@ -344,7 +367,10 @@ async fn run(raw: Vec<String>) -> Result<(), Failure> {
                 },
                 phase_start_time: args.flag("--start").unwrap_or_default().to_string(),
             };
-            let res = client.force_phase(request(req, &token)?).await?.into_inner();
+            let res = client
+                .force_phase(request(req, &token)?)
+                .await?
+                .into_inner();
             json!({"version": res.version})
         }
         "update-settings" => {
@@ -363,7 +389,10 @@ async fn run(raw: Vec<String>) -> Result<(), Failure> {
                     auto_advance,
                 }),
             };
-            let res = client.update_settings(request(req, &token)?).await?.into_inner();
+            let res = client
+                .update_settings(request(req, &token)?)
+                .await?
+                .into_inner();
             json!({"version": res.version})
         }
         "publish-brief" | "publish-content" => {
@@ -382,7 +411,10 @@ async fn run(raw: Vec<String>) -> Result<(), Failure> {
                 room_code: args.word(1, "CODE")?,
                 event: Some(event),
             };
-            let res = client.publish_event(request(req, &token)?).await?.into_inner();
+            let res = client
+                .publish_event(request(req, &token)?)
+                .await?
+                .into_inner();
             json!({"version": res.version})
         }
         "close-room" => {

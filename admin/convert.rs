@@ -3,7 +3,9 @@
 
 use super::pb;
 use crate::owner::RoomInfo;
-use crate::protocol::{check_id, limits, CreationPhase, ErrorCode, GameStatus, PlayerSummary, Rejection};
+use crate::protocol::{
+    CreationPhase, ErrorCode, GameStatus, PlayerSummary, Rejection, check_id, limits,
+};
 use crate::room::{SettingsPatch, check_player, check_settings};
 use tonic::Status;
 
@@ -38,10 +40,19 @@ fn in_field(field: &str, why: Rejection) -> Status {
 /// A room code given by a caller: 1..32 of A-Z a-z 0-9 - _.
 pub fn room_code(field: &str, code: &str) -> Result<(), Status> {
     if code.is_empty() || code.len() > limits::ROOM_CODE_MAX {
-        return Err(invalid(field, format!("must be 1..{} characters", limits::ROOM_CODE_MAX)));
+        return Err(invalid(
+            field,
+            format!("must be 1..{} characters", limits::ROOM_CODE_MAX),
+        ));
     }
-    if !code.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        return Err(invalid(field, "may contain only A-Z, a-z, 0-9, '-' and '_'"));
+    if !code
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(invalid(
+            field,
+            "may contain only A-Z, a-z, 0-9, '-' and '_'",
+        ));
     }
     Ok(())
 }
@@ -179,7 +190,10 @@ pub fn event_of(frame: &str) -> pb::RoomEvent {
     let head: Option<Head> = serde_json::from_str(frame).ok();
     let (kind, version) = match head {
         Some(h) => {
-            let version = h.version.or(h.snapshot.and_then(|s| s.version)).unwrap_or(0);
+            let version = h
+                .version
+                .or(h.snapshot.and_then(|s| s.version))
+                .unwrap_or(0);
             (h.kind, version)
         }
         None => (String::new(), 0),
@@ -208,7 +222,10 @@ mod tests {
     #[test]
     fn enums_round_trip_and_reject_unknown_values() {
         for s in [GameStatus::Lobby, GameStatus::Creating, GameStatus::Results] {
-            assert_eq!(status_from_pb("status", status_to_pb(s) as i32).ok(), Some(s));
+            assert_eq!(
+                status_from_pb("status", status_to_pb(s) as i32).ok(),
+                Some(s)
+            );
         }
         assert!(status_from_pb("status", 0).is_err());
         assert!(status_from_pb("status", 99).is_err());
@@ -227,7 +244,11 @@ mod tests {
             }),
         )
         .expect_err("empty name");
-        assert!(err.message().starts_with("player.name"), "{}", err.message());
+        assert!(
+            err.message().starts_with("player.name"),
+            "{}",
+            err.message()
+        );
         let err = player_from_pb("host", None).expect_err("missing");
         assert_eq!(err.message(), "host: is required");
     }

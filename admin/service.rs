@@ -5,7 +5,7 @@ use super::convert::{self, invalid, status_of};
 use super::pb::{self, room_admin_server::RoomAdmin};
 use crate::auth::now_secs;
 use crate::observe::Origin;
-use crate::outbox::{close, Outbox};
+use crate::outbox::{Outbox, close};
 use crate::owner::RoomHandle;
 use crate::room::{Action, Room, Settings};
 use crate::server::App;
@@ -174,8 +174,12 @@ impl RoomAdmin for AdminService {
         let mut rooms = Vec::with_capacity(page.len());
         for code in &page {
             // A room closed since the listing is simply skipped.
-            let Some(info) = self.app.registry.get(code) else { continue };
-            let Some(info) = info.info().await else { continue };
+            let Some(info) = self.app.registry.get(code) else {
+                continue;
+            };
+            let Some(info) = info.info().await else {
+                continue;
+            };
             rooms.push(pb::RoomSummary {
                 code: info.snapshot.code.clone(),
                 status: convert::status_to_pb(info.snapshot.status) as i32,
@@ -248,7 +252,7 @@ impl RoomAdmin for AdminService {
                     return Err(invalid(
                         "ttl_seconds",
                         format!("must be at most {}", config.token_ttl_max_secs),
-                    ))
+                    ));
                 }
             };
             let info = handle
@@ -262,7 +266,10 @@ impl RoomAdmin for AdminService {
                 )));
             }
             let now = now_secs();
-            let token = self.app.keys.mint_jwt(&req.room_code, &req.player_id, now, ttl);
+            let token = self
+                .app
+                .keys
+                .mint_jwt(&req.room_code, &req.player_id, now, ttl);
             Ok(Response::new(pb::MintPlayerTokenResponse {
                 token,
                 expires_at: now + ttl,
@@ -283,7 +290,10 @@ impl RoomAdmin for AdminService {
             let phase = convert::phase_from_pb("current_phase", req.current_phase)?;
             match (status, phase) {
                 (crate::protocol::GameStatus::Creating, None) => {
-                    return Err(invalid("current_phase", "is required with GAME_STATUS_CREATING"));
+                    return Err(invalid(
+                        "current_phase",
+                        "is required with GAME_STATUS_CREATING",
+                    ));
                 }
                 (s, Some(_)) if s != crate::protocol::GameStatus::Creating => {
                     return Err(invalid(
@@ -327,7 +337,9 @@ impl RoomAdmin for AdminService {
                 return Err(invalid("settings", "is required"));
             }
             let patch = convert::settings_from_pb("settings", req.settings)?;
-            let version = self.apply(&handle, Action::UpdateSettings { patch }).await?;
+            let version = self
+                .apply(&handle, Action::UpdateSettings { patch })
+                .await?;
             Ok(Response::new(pb::UpdateSettingsResponse { version }))
         }
         .await;
@@ -342,7 +354,12 @@ impl RoomAdmin for AdminService {
         let result = async {
             let handle = self.room("room_code", &req.room_code)?;
             let action = match req.event {
-                None => return Err(invalid("event", "one of brief_updated or content_submitted is required")),
+                None => {
+                    return Err(invalid(
+                        "event",
+                        "one of brief_updated or content_submitted is required",
+                    ));
+                }
                 Some(pb::publish_event_request::Event::BriefUpdated(e)) => {
                     convert::id("brief_updated.brief_id", &e.brief_id)?;
                     Action::BriefUpdated {
@@ -410,7 +427,10 @@ impl RoomAdmin for AdminService {
         let handle = self.room("room_code", &req.room_code)?;
         let (out, rx) = Outbox::channel(WATCH_QUEUE);
         if !handle.watch(out.clone()).await {
-            return Err(Status::not_found(format!("room {} not found", req.room_code)));
+            return Err(Status::not_found(format!(
+                "room {} not found",
+                req.room_code
+            )));
         }
         tracing::info!(roomCode = %req.room_code, "admin_watch_started");
         let shutdown = self.app.shutdown.clone();

@@ -236,9 +236,8 @@ impl Config {
                 None
             }
             _ => {
-                r.errors.push(
-                    "ADMIN_TLS_CERT_FILE: set together with ADMIN_TLS_KEY_FILE".to_string(),
-                );
+                r.errors
+                    .push("ADMIN_TLS_CERT_FILE: set together with ADMIN_TLS_KEY_FILE".to_string());
                 None
             }
         };
@@ -270,9 +269,8 @@ impl Config {
         let metrics_flush_interval = (flush_ms > 0).then(|| Duration::from_millis(flush_ms));
         let (shared_secret, secret_is_random) = match r.raw("REALTIME_SHARED_SECRET") {
             Some(s) if s.len() < 16 => {
-                r.errors.push(
-                    "REALTIME_SHARED_SECRET: must be at least 16 bytes long".to_string(),
-                );
+                r.errors
+                    .push("REALTIME_SHARED_SECRET: must be at least 16 bytes long".to_string());
                 (Secret(Vec::new()), false)
             }
             Some(s) => (Secret(s.into_bytes()), false),
@@ -395,8 +393,11 @@ mod tests {
 
     #[test]
     fn timeout_must_exceed_interval() {
-        let errors = load(&[("HEARTBEAT_INTERVAL_MS", "5000"), ("HEARTBEAT_TIMEOUT_MS", "4000")])
-            .expect_err("bad");
+        let errors = load(&[
+            ("HEARTBEAT_INTERVAL_MS", "5000"),
+            ("HEARTBEAT_TIMEOUT_MS", "4000"),
+        ])
+        .expect_err("bad");
         assert!(errors[0].starts_with("HEARTBEAT_TIMEOUT_MS"));
     }
 }

@@ -197,7 +197,10 @@ struct Owner {
 
 impl Owner {
     async fn run(mut self, mut rx: mpsc::Receiver<RoomMsg>) {
-        self.ctx.metrics.rooms_live.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.ctx
+            .metrics
+            .rooms_live
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut heartbeat = tokio::time::interval_at(
             Instant::now() + self.ctx.heartbeat_interval,
             self.ctx.heartbeat_interval,
@@ -221,7 +224,10 @@ impl Owner {
                 }
             }
         }
-        self.ctx.metrics.rooms_live.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.ctx
+            .metrics
+            .rooms_live
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn phase_deadline(&self) -> Option<Instant> {
@@ -271,7 +277,8 @@ impl Owner {
 
     fn close(&mut self, reason: &str) {
         for m in self.members.drain(..) {
-            m.out.close_with_reason(crate::outbox::close::ROOM_CLOSED, reason);
+            m.out
+                .close_with_reason(crate::outbox::close::ROOM_CLOSED, reason);
         }
         for w in self.watchers.drain(..) {
             w.close(crate::outbox::close::ROOM_CLOSED);
@@ -486,7 +493,8 @@ impl Owner {
         }
         self.broadcast(&frame, except);
         self.notify_watchers(&frame);
-        if applied.event.sends_room_state() && !matches!(applied.event, Event::PlayerConnected { .. })
+        if applied.event.sends_room_state()
+            && !matches!(applied.event, Event::PlayerConnected { .. })
         {
             let state = self.room_state_frame();
             self.broadcast(&state, except);
@@ -509,11 +517,13 @@ impl Owner {
         let version = applied.version;
         let message = match &applied.event {
             Event::PlayerConnected { .. } => ServerMessage::RoomState { snapshot },
-            Event::PlayerLeft { player_id } | Event::PlayerRemoved { player_id } => ServerMessage::PlayerLeft {
-                room_code,
-                player_id,
-                version,
-            },
+            Event::PlayerLeft { player_id } | Event::PlayerRemoved { player_id } => {
+                ServerMessage::PlayerLeft {
+                    room_code,
+                    player_id,
+                    version,
+                }
+            }
             Event::ReadyUpdate {
                 player_id,
                 is_ready,

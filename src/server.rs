@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::observe::{Observer, Telemetry};
 use crate::owner::RoomContext;
 use crate::registry::Registry;
-use crate::telemetry::{metrics, Metrics};
+use crate::telemetry::{Metrics, metrics};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;

@@ -10,8 +10,8 @@ pub mod rules;
 
 use crate::protocol::canvas::CanvasOp;
 use crate::protocol::{
-    check_id, check_timestamp, format_time, limits, CreationPhase, ErrorCode, GameStatus,
-    PlayerSummary, Rejection, RoomSnapshot,
+    CreationPhase, ErrorCode, GameStatus, PlayerSummary, Rejection, RoomSnapshot, check_id,
+    check_timestamp, format_time, limits,
 };
 use canvas::Canvas;
 use std::collections::BTreeMap;
@@ -130,19 +130,48 @@ impl Action {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// Presence on; clients learn it from `room_state`.
-    PlayerConnected { player_id: String },
-    PlayerLeft { player_id: String },
-    ReadyUpdate { player_id: String, is_ready: bool },
+    PlayerConnected {
+        player_id: String,
+    },
+    PlayerLeft {
+        player_id: String,
+    },
+    ReadyUpdate {
+        player_id: String,
+        is_ready: bool,
+    },
     PhaseChanged,
     StatusChanged,
-    Presentation { present_index: i64, show_campaign: bool },
-    CanvasDelta { adlob_id: String, phase: CreationPhase, op: CanvasOp, player_id: String },
-    BigIdeaSubmitted { adlob_id: String, text: String, author_id: String },
-    PlayerJoined { player_id: String },
-    PlayerRemoved { player_id: String },
+    Presentation {
+        present_index: i64,
+        show_campaign: bool,
+    },
+    CanvasDelta {
+        adlob_id: String,
+        phase: CreationPhase,
+        op: CanvasOp,
+        player_id: String,
+    },
+    BigIdeaSubmitted {
+        adlob_id: String,
+        text: String,
+        author_id: String,
+    },
+    PlayerJoined {
+        player_id: String,
+    },
+    PlayerRemoved {
+        player_id: String,
+    },
     SettingsChanged,
-    BriefUpdated { brief_id: String },
-    ContentSubmitted { adlob_id: String, phase: CreationPhase, player_id: String },
+    BriefUpdated {
+        brief_id: String,
+    },
+    ContentSubmitted {
+        adlob_id: String,
+        phase: CreationPhase,
+        player_id: String,
+    },
 }
 
 impl Event {
@@ -333,7 +362,10 @@ impl Room {
                 let id = self.acting_player(actor)?;
                 let p = self.player_mut(&id).ok_or_else(not_in_roster)?;
                 if p.connected {
-                    return Err(Rejection::new(ErrorCode::InvalidTransition, "already connected"));
+                    return Err(Rejection::new(
+                        ErrorCode::InvalidTransition,
+                        "already connected",
+                    ));
                 }
                 p.connected = true;
                 Event::PlayerConnected { player_id: id }
@@ -399,7 +431,11 @@ impl Room {
                     changed: false,
                 });
             }
-            Action::Canvas { adlob_id, phase, op } => {
+            Action::Canvas {
+                adlob_id,
+                phase,
+                op,
+            } => {
                 let id = self.acting_player(actor)?;
                 self.require_roster(actor)?;
                 if self.snapshot.status != GameStatus::Creating
@@ -604,7 +640,10 @@ pub fn check_player(p: &PlayerSummary) -> Result<(), Rejection> {
     if p.emoji.chars().count() > limits::EMOJI_MAX || p.emoji.chars().any(char::is_control) {
         return Err(Rejection::new(
             ErrorCode::InvalidPayload,
-            format!("player.emoji must be at most {} characters", limits::EMOJI_MAX),
+            format!(
+                "player.emoji must be at most {} characters",
+                limits::EMOJI_MAX
+            ),
         ));
     }
     if !(0..=i64::from(u8::MAX)).contains(&p.seat_index) {
@@ -628,7 +667,10 @@ pub fn check_settings(patch: &SettingsPatch) -> Result<(), Rejection> {
         {
             return Err(Rejection::new(
                 ErrorCode::InvalidPayload,
-                format!("{field} must be at most {} characters", limits::SETTING_TEXT_MAX),
+                format!(
+                    "{field} must be at most {} characters",
+                    limits::SETTING_TEXT_MAX
+                ),
             ));
         }
     }
@@ -637,14 +679,20 @@ pub fn check_settings(patch: &SettingsPatch) -> Result<(), Rejection> {
     {
         return Err(Rejection::new(
             ErrorCode::InvalidPayload,
-            format!("phaseDurationSeconds must be 1..{}", limits::PHASE_DURATION_MAX),
+            format!(
+                "phaseDurationSeconds must be 1..{}",
+                limits::PHASE_DURATION_MAX
+            ),
         ));
     }
     Ok(())
 }
 
 fn not_in_roster() -> Rejection {
-    Rejection::new(ErrorCode::PlayerNotFound, "player is not in this room's roster")
+    Rejection::new(
+        ErrorCode::PlayerNotFound,
+        "player is not in this room's roster",
+    )
 }
 
 #[cfg(test)]
