@@ -7,8 +7,8 @@
 //! Both are HMAC-SHA256 under the shared secret; a token with three dot-separated parts
 //! is read as a JWT, two parts as legacy, anything else is malformed.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, KeyInit, Mac};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -208,7 +208,10 @@ mod tests {
     fn alg_none_and_other_algorithms_are_rejected() {
         let k = keys();
         let body = URL_SAFE_NO_PAD.encode(r#"{"roomCode":"R","playerId":"p","exp":9999999999}"#);
-        for header in [r#"{"alg":"none","typ":"JWT"}"#, r#"{"alg":"HS512","typ":"JWT"}"#] {
+        for header in [
+            r#"{"alg":"none","typ":"JWT"}"#,
+            r#"{"alg":"HS512","typ":"JWT"}"#,
+        ] {
             let token = format!("{}.{body}.", URL_SAFE_NO_PAD.encode(header));
             assert!(k.verify(&token, NOW).is_err(), "{header}");
         }
@@ -219,7 +222,8 @@ mod tests {
         let k = keys();
         let token = k.mint_legacy("R", "p", NOW + 60);
         let (_, sig) = token.split_once('.').unwrap_or_default();
-        let forged = URL_SAFE_NO_PAD.encode(r#"{"roomCode":"R","playerId":"host","exp":9999999999}"#);
+        let forged =
+            URL_SAFE_NO_PAD.encode(r#"{"roomCode":"R","playerId":"host","exp":9999999999}"#);
         assert_eq!(
             k.verify(&format!("{forged}.{sig}"), NOW),
             Err(TokenError::BadSignature)

@@ -1,15 +1,21 @@
 //! Operator subcommands built into the server binary (as centrifugo does):
 //! `token mint`, `token check`, `config check`. With no subcommand the binary serves.
 
-use crate::auth::{now_secs, TokenKeys};
+use crate::auth::{TokenKeys, now_secs};
 use crate::config::Config;
 
 /// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
     Serve,
-    MintToken { room: String, player: String, ttl: u64 },
-    CheckToken { token: String },
+    MintToken {
+        room: String,
+        player: String,
+        ttl: u64,
+    },
+    CheckToken {
+        token: String,
+    },
     CheckConfig,
     Help,
 }
@@ -74,7 +80,9 @@ pub fn run(command: Command, config: &Config) -> u8 {
         }
         Command::MintToken { room, player, ttl } => {
             if config.secret_is_random {
-                eprintln!("REALTIME_SHARED_SECRET must be set to mint a token a server will accept");
+                eprintln!(
+                    "REALTIME_SHARED_SECRET must be set to mint a token a server will accept"
+                );
                 return 2;
             }
             println!("{}", keys.mint_jwt(&room, &player, now_secs(), ttl));
@@ -90,7 +98,10 @@ pub fn run(command: Command, config: &Config) -> u8 {
                 0
             }
             Err(e) => {
-                println!("{}", serde_json::json!({"valid": false, "error": e.to_string()}));
+                println!(
+                    "{}",
+                    serde_json::json!({"valid": false, "error": e.to_string()})
+                );
                 1
             }
         },

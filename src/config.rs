@@ -185,9 +185,8 @@ impl Config {
         let metrics_flush_interval = (flush_ms > 0).then(|| Duration::from_millis(flush_ms));
         let (shared_secret, secret_is_random) = match r.raw("REALTIME_SHARED_SECRET") {
             Some(s) if s.len() < 16 => {
-                r.errors.push(
-                    "REALTIME_SHARED_SECRET: must be at least 16 bytes long".to_string(),
-                );
+                r.errors
+                    .push("REALTIME_SHARED_SECRET: must be at least 16 bytes long".to_string());
                 (Secret(Vec::new()), false)
             }
             Some(s) => (Secret(s.into_bytes()), false),
@@ -196,9 +195,12 @@ impl Config {
                 (Secret(bytes.to_vec()), true)
             }
         };
+        let errors_before = r.errors.len();
         let heartbeat_interval = r.millis("HEARTBEAT_INTERVAL_MS", 15_000, 100);
         let heartbeat_timeout = r.millis("HEARTBEAT_TIMEOUT_MS", 45_000, 100);
-        if heartbeat_timeout <= heartbeat_interval {
+        // Compared only when both parsed: a bad value already has its one line, and
+        // the default standing in for it must not produce a second.
+        if r.errors.len() == errors_before && heartbeat_timeout <= heartbeat_interval {
             r.errors.push(
                 "HEARTBEAT_TIMEOUT_MS: must be greater than HEARTBEAT_INTERVAL_MS".to_string(),
             );
@@ -304,8 +306,11 @@ mod tests {
 
     #[test]
     fn timeout_must_exceed_interval() {
-        let errors = load(&[("HEARTBEAT_INTERVAL_MS", "5000"), ("HEARTBEAT_TIMEOUT_MS", "4000")])
-            .expect_err("bad");
+        let errors = load(&[
+            ("HEARTBEAT_INTERVAL_MS", "5000"),
+            ("HEARTBEAT_TIMEOUT_MS", "4000"),
+        ])
+        .expect_err("bad");
         assert!(errors[0].starts_with("HEARTBEAT_TIMEOUT_MS"));
     }
 }

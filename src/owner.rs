@@ -9,7 +9,7 @@
 use crate::observe::{Observers, Origin};
 use crate::outbox::{Frame, Outbox, Push};
 use crate::protocol::server::{BigIdeaState, CanvasState, ServerMessage};
-use crate::protocol::{format_time, ErrorCode, Rejection, RoomSnapshot};
+use crate::protocol::{ErrorCode, Rejection, RoomSnapshot, format_time};
 use crate::room::{Action, Actor, Applied, Event, Room};
 use crate::telemetry::Metrics;
 use std::collections::VecDeque;
@@ -154,7 +154,10 @@ struct Owner {
 
 impl Owner {
     async fn run(mut self, mut rx: mpsc::Receiver<RoomMsg>) {
-        self.ctx.metrics.rooms_live.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.ctx
+            .metrics
+            .rooms_live
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut heartbeat = tokio::time::interval_at(
             Instant::now() + self.ctx.heartbeat_interval,
             self.ctx.heartbeat_interval,
@@ -173,7 +176,10 @@ impl Owner {
                 }
             }
         }
-        self.ctx.metrics.rooms_live.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.ctx
+            .metrics
+            .rooms_live
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn phase_deadline(&self) -> Option<Instant> {
@@ -393,7 +399,8 @@ impl Owner {
             self.history.push_back((applied.version, frame.clone()));
         }
         self.broadcast(&frame, except);
-        if applied.event.sends_room_state() && !matches!(applied.event, Event::PlayerConnected { .. })
+        if applied.event.sends_room_state()
+            && !matches!(applied.event, Event::PlayerConnected { .. })
         {
             let state = self.room_state_frame();
             self.broadcast(&state, except);

@@ -5,10 +5,10 @@ use crate::config::Config;
 use crate::observe::{Observer, Telemetry};
 use crate::owner::RoomContext;
 use crate::registry::Registry;
-use crate::telemetry::{metrics, Metrics};
+use crate::telemetry::{Metrics, metrics};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -40,9 +40,23 @@ pub struct ServerHandle {
 
 /// Binds the players' port and starts serving.
 pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
-    let listener = TcpListener::bind((config.bind_addr, config.port)).await?;
+    let addr = SocketAddr::new(config.bind_addr, config.port);
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(LISTEN_BACKLOG)?;
     Ok(serve(listener, config))
 }
+
+/// Connections the kernel queues before `accept` takes them. `TcpListener::bind`
+/// uses 128, which a reconnect storm (every client of a restarted node at once)
+/// overflows: the dropped SYNs are retried only after a second. The kernel caps
+/// this at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// Starts serving on an already bound listener.
 pub fn serve(listener: TcpListener, config: Config) -> ServerHandle {

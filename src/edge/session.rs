@@ -6,23 +6,23 @@
 //! closes both through the outbox's control.
 
 use super::rate::{RateLimiter, Verdict};
-use crate::auth::{now_secs, TokenError};
-use crate::observe::{count_outcome, counter_family, Origin};
-use crate::outbox::{close, Frame, Outbox};
+use crate::auth::{TokenError, now_secs};
+use crate::observe::{Origin, count_outcome, counter_family};
+use crate::outbox::{Frame, Outbox, close};
 use crate::owner::{Member, RoomHandle};
-use crate::protocol::client::{decode, ClientMessage, JoinRoom};
+use crate::protocol::client::{ClientMessage, JoinRoom, decode};
 use crate::protocol::server::error_text;
 use crate::protocol::{ErrorCode, Rejection};
 use crate::room::{Action, Room};
 use crate::server::App;
 use crate::telemetry::Metrics;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 /// Frames written before one flush.
@@ -150,7 +150,11 @@ impl Reader {
                     Metrics::inc(&self.app.metrics.counters.heartbeat_timeouts_total);
                     tracing::info!(
                         roomCode = self.joined.as_ref().map(|j| j.room.code()).unwrap_or(""),
-                        playerId = self.joined.as_ref().map(|j| j.player_id.as_str()).unwrap_or(""),
+                        playerId = self
+                            .joined
+                            .as_ref()
+                            .map(|j| j.player_id.as_str())
+                            .unwrap_or(""),
                         "heartbeat_timeout"
                     );
                     self.out.close(close::GOING_AWAY);
@@ -171,10 +175,18 @@ impl Reader {
                         break;
                     }
                 }
-                Message::Binary(_) => {
-                    Metrics::inc(&self.app.metrics.counters.ws_message_parse_failures_total);
-                    self.reply_error(ErrorCode::InvalidPayload, "Binary frames are not supported");
-                }
+                // A binary frame is a message too: it spends the same budget.
+                Message::Binary(_) => match self.charge() {
+                    Verdict::Allow => {
+                        Metrics::inc(&self.app.metrics.counters.ws_message_parse_failures_total);
+                        self.reply_error(
+                            ErrorCode::InvalidPayload,
+                            "Binary frames are not supported",
+                        );
+                    }
+                    Verdict::Refuse => {}
+                    Verdict::Close => break,
+                },
                 Message::Close(_) => break,
                 // Pings are answered by tungstenite; any frame proves liveness.
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
@@ -194,16 +206,16 @@ impl Reader {
         self.reply_error(why.code, &why.message);
     }
 
-    /// Handles one text frame. Returns false when the socket must close.
-    async fn on_text(&mut self, text: &str) -> bool {
+    /// Charges one message to the socket's rate budget: past it the reply is
+    /// `rate_limited`, and past the debt limit the socket closes with 1008.
+    fn charge(&mut self) -> Verdict {
+        let verdict = self.limiter.check(Instant::now());
         let metrics = &self.app.metrics;
-        Metrics::inc(&metrics.counters.ws_messages_total);
-        match self.limiter.check(Instant::now()) {
+        match verdict {
             Verdict::Allow => {}
             Verdict::Refuse => {
                 Metrics::inc(&metrics.counters.rate_limited_total);
                 self.reply_error(ErrorCode::RateLimited, "Too many messages; slow down");
-                return true;
             }
             Verdict::Close => {
                 Metrics::inc(&metrics.counters.rate_limited_total);
@@ -212,9 +224,20 @@ impl Reader {
                     "rate_limit_close"
                 );
                 self.out.close(close::POLICY);
-                return false;
             }
         }
+        verdict
+    }
+
+    /// Handles one text frame. Returns false when the socket must close.
+    async fn on_text(&mut self, text: &str) -> bool {
+        Metrics::inc(&self.app.metrics.counters.ws_messages_total);
+        match self.charge() {
+            Verdict::Allow => {}
+            Verdict::Refuse => return true,
+            Verdict::Close => return false,
+        }
+        let metrics = &self.app.metrics;
         let message = match decode(text) {
             Ok(m) => m,
             Err(why) => {
@@ -228,10 +251,13 @@ impl Reader {
             ClientMessage::Heartbeat { room_code } => {
                 // Liveness is already recorded by the read; a heartbeat for another
                 // room than the joined one is still refused.
-                if let (Some(code), Some(joined)) = (room_code, &self.joined) {
-                    if code != joined.room.code() {
-                        self.reply_error(ErrorCode::Forbidden, "roomCode does not match the joined room");
-                    }
+                if let (Some(code), Some(joined)) = (room_code, &self.joined)
+                    && code != joined.room.code()
+                {
+                    self.reply_error(
+                        ErrorCode::Forbidden,
+                        "roomCode does not match the joined room",
+                    );
                 }
             }
             other => self.player_message(other).await,
@@ -247,11 +273,17 @@ impl Reader {
             return;
         };
         if message.room_code() != Some(joined.room.code()) {
-            self.reply_error(ErrorCode::Forbidden, "roomCode does not match the joined room");
+            self.reply_error(
+                ErrorCode::Forbidden,
+                "roomCode does not match the joined room",
+            );
             return;
         }
         if message.player_id().is_some_and(|p| p != joined.player_id) {
-            self.reply_error(ErrorCode::Forbidden, "playerId is not the authenticated player");
+            self.reply_error(
+                ErrorCode::Forbidden,
+                "playerId is not the authenticated player",
+            );
             return;
         }
         let action = match message {
@@ -333,15 +365,19 @@ impl Reader {
                 "token is for another room or player",
             ));
         }
-        let room = match (&join.initial_snapshot, self.app.config.allow_client_seeded_rooms) {
-            (Some(seed), true) => self
-                .app
-                .registry
-                .get_or_create(&join.room_code, || Room::from_seed(&join.room_code, seed))?,
-            _ => self.app.registry.get(&join.room_code).ok_or_else(|| {
-                Rejection::new(ErrorCode::RoomNotFound, "room does not exist")
-            })?,
-        };
+        let room =
+            match (
+                &join.initial_snapshot,
+                self.app.config.allow_client_seeded_rooms,
+            ) {
+                (Some(seed), true) => self
+                    .app
+                    .registry
+                    .get_or_create(&join.room_code, || Room::from_seed(&join.room_code, seed))?,
+                _ => self.app.registry.get(&join.room_code).ok_or_else(|| {
+                    Rejection::new(ErrorCode::RoomNotFound, "room does not exist")
+                })?,
+            };
         // A second join on one socket moves it: leave the previous room first.
         if let Some(previous) = self.joined.take() {
             previous.room.detach(self.conn).await;

@@ -3,7 +3,7 @@
 //! A delta is validated completely before it reaches a room, and what is broadcast is
 //! the re-serialized validated value (unknown fields dropped), never the raw input.
 
-use super::{check_id, limits, ErrorCode, Rejection};
+use super::{ErrorCode, Rejection, check_id, limits};
 use serde::{Deserialize, Serialize};
 
 pub const STROKE_WIDTH: (f64, f64) = (1.0, 40.0);

@@ -7,22 +7,33 @@
 
 use super::canvas::CanvasOp;
 use super::{
-    check_id, check_timestamp, limits, CreationPhase, ErrorCode, GameStatus, Rejection,
-    RoomSnapshot,
+    CreationPhase, ErrorCode, GameStatus, Rejection, RoomSnapshot, check_id, check_timestamp,
+    limits,
 };
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use std::borrow::Cow;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientMessage {
     JoinRoom(JoinRoom),
-    LeaveRoom { room_code: String },
-    SetReady { room_code: String, player_id: String, is_ready: bool },
-    AdvancePhase { room_code: String, player_id: String },
+    LeaveRoom {
+        room_code: String,
+    },
+    SetReady {
+        room_code: String,
+        player_id: String,
+        is_ready: bool,
+    },
+    AdvancePhase {
+        room_code: String,
+        player_id: String,
+    },
     SetStatus(SetStatus),
     PresentationState(PresentationState),
-    Heartbeat { room_code: Option<String> },
+    Heartbeat {
+        room_code: Option<String>,
+    },
     SubmitCanvasDelta(CanvasDelta),
     SubmitBigIdea(BigIdea),
 }
@@ -167,6 +178,13 @@ pub fn decode(text: &str) -> Result<ClientMessage, Rejection> {
             invalid(format!("Invalid JSON: {e}"))
         }
     })?;
+    // serde's derived structs also accept a JSON array (fields by position), so
+    // `["heartbeat"]` would decode as a heartbeat; only an object is a message.
+    if !text.trim_start().starts_with('{') {
+        return Err(invalid(
+            "Message must be a JSON object with a string field \"type\"",
+        ));
+    }
     let kind = envelope.kind.as_ref();
     let message = match kind {
         "join_room" => {
@@ -314,6 +332,7 @@ mod tests {
             "",
             "not json",
             "[]",
+            r#"["heartbeat"]"#,
             "42",
             r#"{"roomCode":"AB"}"#,
             r#"{"type":7}"#,
@@ -336,7 +355,10 @@ mod tests {
         let text = r#"{"type":"set_status","roomCode":"AB","playerId":"p","status":"voting","currentPhase":null,"phaseStartTime":"2026-01-02T03:04:05+02:00"}"#;
         match decode(text) {
             Ok(ClientMessage::SetStatus(m)) => {
-                assert_eq!(m.phase_start_time.as_deref(), Some("2026-01-02T03:04:05+02:00"))
+                assert_eq!(
+                    m.phase_start_time.as_deref(),
+                    Some("2026-01-02T03:04:05+02:00")
+                )
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -28,7 +28,10 @@ impl Canvas {
             }
             CanvasOp::Remove { id } => {
                 let at = self.position(&id).ok_or_else(|| {
-                    Rejection::new(ErrorCode::InvalidPayload, format!("no element with id {id}"))
+                    Rejection::new(
+                        ErrorCode::InvalidPayload,
+                        format!("no element with id {id}"),
+                    )
                 })?;
                 let removed = self.ops.remove(at);
                 self.bytes -= approx_size(&removed);

@@ -10,8 +10,8 @@ pub mod rules;
 
 use crate::protocol::canvas::CanvasOp;
 use crate::protocol::{
-    check_id, check_timestamp, format_time, limits, CreationPhase, ErrorCode, GameStatus,
-    PlayerSummary, Rejection, RoomSnapshot,
+    CreationPhase, ErrorCode, GameStatus, PlayerSummary, Rejection, RoomSnapshot, check_id,
+    check_timestamp, format_time, limits,
 };
 use canvas::Canvas;
 use std::collections::BTreeMap;
@@ -79,14 +79,33 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// Presence on; clients learn it from `room_state`.
-    PlayerConnected { player_id: String },
-    PlayerLeft { player_id: String },
-    ReadyUpdate { player_id: String, is_ready: bool },
+    PlayerConnected {
+        player_id: String,
+    },
+    PlayerLeft {
+        player_id: String,
+    },
+    ReadyUpdate {
+        player_id: String,
+        is_ready: bool,
+    },
     PhaseChanged,
     StatusChanged,
-    Presentation { present_index: i64, show_campaign: bool },
-    CanvasDelta { adlob_id: String, phase: CreationPhase, op: CanvasOp, player_id: String },
-    BigIdeaSubmitted { adlob_id: String, text: String, author_id: String },
+    Presentation {
+        present_index: i64,
+        show_campaign: bool,
+    },
+    CanvasDelta {
+        adlob_id: String,
+        phase: CreationPhase,
+        op: CanvasOp,
+        player_id: String,
+    },
+    BigIdeaSubmitted {
+        adlob_id: String,
+        text: String,
+        author_id: String,
+    },
 }
 
 impl Event {
@@ -274,7 +293,10 @@ impl Room {
                 let id = self.acting_player(actor)?;
                 let p = self.player_mut(&id).ok_or_else(not_in_roster)?;
                 if p.connected {
-                    return Err(Rejection::new(ErrorCode::InvalidTransition, "already connected"));
+                    return Err(Rejection::new(
+                        ErrorCode::InvalidTransition,
+                        "already connected",
+                    ));
                 }
                 p.connected = true;
                 Event::PlayerConnected { player_id: id }
@@ -340,7 +362,11 @@ impl Room {
                     changed: false,
                 });
             }
-            Action::Canvas { adlob_id, phase, op } => {
+            Action::Canvas {
+                adlob_id,
+                phase,
+                op,
+            } => {
                 let id = self.acting_player(actor)?;
                 self.require_roster(actor)?;
                 if self.snapshot.status != GameStatus::Creating
@@ -360,10 +386,16 @@ impl Room {
                     ));
                 }
                 let next = self.snapshot.version + 1;
-                self.canvases
-                    .entry(adlob_id.clone())
-                    .or_default()
-                    .apply(op.clone(), next)?;
+                // A new canvas is inserted only once its first op applied, so a
+                // rejected op (e.g. `remove` on an empty canvas) leaves no trace.
+                match self.canvases.get_mut(&adlob_id) {
+                    Some(canvas) => canvas.apply(op.clone(), next)?,
+                    None => {
+                        let mut canvas = Canvas::default();
+                        canvas.apply(op.clone(), next)?;
+                        self.canvases.insert(adlob_id.clone(), canvas);
+                    }
+                }
                 Event::CanvasDelta {
                     adlob_id,
                     phase,
@@ -450,7 +482,10 @@ impl Room {
 }
 
 fn not_in_roster() -> Rejection {
-    Rejection::new(ErrorCode::PlayerNotFound, "player is not in this room's roster")
+    Rejection::new(
+        ErrorCode::PlayerNotFound,
+        "player is not in this room's roster",
+    )
 }
 
 #[cfg(test)]
