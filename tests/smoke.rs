@@ -14,7 +14,10 @@ async fn two_players_see_each_others_ready() {
     b.set_ready("ROOM1", "p2", true).await;
     for c in [&mut a, &mut b] {
         let r = c.expect("ready_update").await;
-        assert_eq!(r, json!({"type":"ready_update","roomCode":"ROOM1","playerId":"p2","isReady":true,"version":3}));
+        assert_eq!(
+            r,
+            json!({"type":"ready_update","roomCode":"ROOM1","playerId":"p2","isReady":true,"version":3})
+        );
         c.expect("room_state").await;
     }
 }

@@ -3,17 +3,17 @@
 #![allow(dead_code)]
 
 use futures_util::{SinkExt, StreamExt};
-use karaoke_realtime::auth::{now_secs, TokenKeys};
+use karaoke_realtime::auth::{TokenKeys, now_secs};
 use karaoke_realtime::config::Config;
 use karaoke_realtime::owner::RoomHandle;
 use karaoke_realtime::protocol::PlayerSummary;
 use karaoke_realtime::room::{Room, Settings};
 use karaoke_realtime::server::{self, ServerHandle};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const SECRET: &str = "integration-test-secret";
@@ -121,8 +121,10 @@ impl Client {
     }
 
     pub async fn join(&mut self, room: &str, player: &str, token: &str) -> Value {
-        self.send(json!({"type":"join_room","roomCode":room,"playerId":player,"playerToken":token}))
-            .await;
+        self.send(
+            json!({"type":"join_room","roomCode":room,"playerId":player,"playerToken":token}),
+        )
+        .await;
         self.recv().await
     }
 
