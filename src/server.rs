@@ -36,6 +36,8 @@ pub struct ServerHandle {
     pub addr: SocketAddr,
     pub app: Arc<App>,
     accept: tokio::task::JoinHandle<()>,
+    /// Closes the players' port; cancelled after the sockets have drained.
+    stop_accepting: CancellationToken,
 }
 
 /// Binds the players' port and starts serving.
@@ -86,8 +88,18 @@ pub fn serve(listener: TcpListener, config: Config) -> ServerHandle {
         tokio::spawn(metrics::flush_loop(metrics, interval, shutdown));
     }
     tracing::info!(port = addr.port(), addr = %addr, "realtime_server_listening");
-    let accept = tokio::spawn(crate::edge::accept_loop(listener, app.clone()));
-    ServerHandle { addr, app, accept }
+    let stop_accepting = CancellationToken::new();
+    let accept = tokio::spawn(crate::edge::accept_loop(
+        listener,
+        app.clone(),
+        stop_accepting.clone(),
+    ));
+    ServerHandle {
+        addr,
+        app,
+        accept,
+        stop_accepting,
+    }
 }
 
 impl ServerHandle {
@@ -95,16 +107,18 @@ impl ServerHandle {
         &self.app.registry
     }
 
-    /// Graceful shutdown: stop accepting, close sockets with 1012, wait for them
-    /// (up to the configured grace), then return.
+    /// Graceful shutdown: readiness 503 and no new sockets, close open sockets with
+    /// 1012 once their queued frames are written, wait for them (up to the
+    /// configured grace), then close the port.
     pub async fn shutdown(self) {
         tracing::info!("shutdown_started");
         self.app.shutdown.cancel();
-        let _ = self.accept.await;
         self.app.tasks.close();
         let drained = tokio::time::timeout(self.app.config.shutdown_grace, self.app.tasks.wait())
             .await
             .is_ok();
+        self.stop_accepting.cancel();
+        let _ = self.accept.await;
         tracing::info!(drained, "shutdown_complete");
     }
 }

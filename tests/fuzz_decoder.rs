@@ -130,10 +130,13 @@ fn assert_delta(op: &CanvasOp) {
         CanvasOp::Image(i) => {
             assert_id("delta.id", &i.id, limits::ID_MAX);
             assert!(i.src.len() <= SRC_MAX);
+            let path = i.src.starts_with('/') && !i.src.starts_with("//");
             assert!(
-                ["https://", "http://", "data:image/", "/"]
-                    .iter()
-                    .any(|p| i.src.starts_with(p)),
+                i.src.starts_with("https://")
+                    || path
+                    || karaoke_realtime::protocol::canvas::DATA_IMAGE_PREFIXES
+                        .iter()
+                        .any(|p| i.src.starts_with(p)),
                 "src {:?}",
                 i.src
             );

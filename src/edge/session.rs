@@ -12,7 +12,7 @@ use crate::outbox::{Frame, Outbox, close};
 use crate::owner::{Member, RoomHandle};
 use crate::protocol::client::{ClientMessage, JoinRoom, decode};
 use crate::protocol::server::error_text;
-use crate::protocol::{ErrorCode, Rejection};
+use crate::protocol::{ErrorCode, Rejection, RoomSnapshot};
 use crate::room::{Action, Room};
 use crate::server::App;
 use crate::telemetry::Metrics;
@@ -367,27 +367,35 @@ impl Reader {
         }
         let room =
             match (
-                &join.initial_snapshot,
+                join.initial_snapshot,
                 self.app.config.allow_client_seeded_rooms,
             ) {
-                (Some(seed), true) => self
-                    .app
-                    .registry
-                    .get_or_create(&join.room_code, || Room::from_seed(&join.room_code, seed))?,
+                (Some(seed), true) => self.app.registry.get_or_create(&join.room_code, || {
+                    let seed: RoomSnapshot = serde_json::from_value(seed).map_err(|e| {
+                        Rejection::new(
+                            ErrorCode::InvalidPayload,
+                            format!("initialSnapshot is not a room snapshot: {e}"),
+                        )
+                    })?;
+                    Room::from_seed(&join.room_code, &seed)
+                })?,
                 _ => self.app.registry.get(&join.room_code).ok_or_else(|| {
                     Rejection::new(ErrorCode::RoomNotFound, "room does not exist")
                 })?,
             };
-        // A second join on one socket moves it: leave the previous room first.
-        if let Some(previous) = self.joined.take() {
-            previous.room.detach(self.conn).await;
-        }
         let member = Member {
             conn: self.conn,
             player_id: join.player_id.clone(),
             out: self.out.clone(),
         };
         room.attach(member, join.last_version).await?;
+        // A second join on one socket moves it; the old room is left only once the
+        // new one has accepted the socket (a re-join of the same room stays put).
+        if let Some(previous) = self.joined.take()
+            && previous.room.code() != room.code()
+        {
+            previous.room.detach(self.conn).await;
+        }
         Ok(Joined {
             room,
             player_id: join.player_id,

@@ -6,10 +6,7 @@
 //! validated here too, so a decoded message is always safe to hand to a room.
 
 use super::canvas::CanvasOp;
-use super::{
-    CreationPhase, ErrorCode, GameStatus, Rejection, RoomSnapshot, check_id, check_timestamp,
-    limits,
-};
+use super::{CreationPhase, ErrorCode, GameStatus, Rejection, check_id, check_timestamp, limits};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use std::borrow::Cow;
@@ -45,8 +42,10 @@ pub struct JoinRoom {
     pub player_id: String,
     #[serde(default)]
     pub player_token: Option<String>,
+    /// Only a hint: kept as raw JSON and decoded only if it seeds a new room, so a
+    /// malformed copy never blocks joining a room that exists.
     #[serde(default)]
-    pub initial_snapshot: Option<RoomSnapshot>,
+    pub initial_snapshot: Option<serde_json::Value>,
     #[serde(default)]
     pub last_version: Option<u64>,
 }

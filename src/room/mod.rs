@@ -173,6 +173,7 @@ impl Room {
                 players: Vec::new(),
                 version: 0,
                 phase_ends_at: None,
+                presentation: None,
             },
             settings,
             canvases: BTreeMap::new(),
@@ -353,6 +354,10 @@ impl Room {
                 show_campaign,
             } => {
                 self.require_roster(actor)?;
+                self.snapshot.presentation = Some(crate::protocol::Presentation {
+                    present_index,
+                    show_campaign,
+                });
                 return Ok(Applied {
                     event: Event::Presentation {
                         present_index,

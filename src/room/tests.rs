@@ -57,7 +57,7 @@ fn at(seconds: i64) -> OffsetDateTime {
 }
 
 /// Everything observable about a room, to compare before and after a rejection.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 struct State {
     snapshot: RoomSnapshot,
     settings: Settings,
@@ -738,7 +738,7 @@ fn set_ready_updates_one_player() {
 }
 
 #[test]
-fn presentation_state_changes_nothing_and_keeps_the_version() {
+fn presentation_state_is_remembered_without_a_version_bump() {
     let mut r = room();
     advance(&mut r, T0);
     let before = state(&r);
@@ -764,7 +764,13 @@ fn presentation_state_changes_nothing_and_keeps_the_version() {
         );
         assert_eq!(applied.event.kind(), "presentation_state");
         assert!(!applied.event.sends_room_state());
-        assert_eq!(state(&r), before);
+        // Only the remembered presentation differs (for late joiners); no version bump.
+        let mut expected = before.clone();
+        expected.snapshot.presentation = Some(crate::protocol::Presentation {
+            present_index: 3,
+            show_campaign: true,
+        });
+        assert_eq!(state(&r), expected);
     }
     rejected(
         &mut r,
@@ -1432,6 +1438,7 @@ fn seed() -> RoomSnapshot {
         players: vec![a, b, player("c", 1, false)],
         version: 41,
         phase_ends_at: Some("2030-01-01T00:00:00.000Z".into()),
+        presentation: None,
     }
 }
 
