@@ -279,9 +279,12 @@ impl Config {
                 (Secret(bytes.to_vec()), true)
             }
         };
+        let errors_before = r.errors.len();
         let heartbeat_interval = r.millis("HEARTBEAT_INTERVAL_MS", 15_000, 100);
         let heartbeat_timeout = r.millis("HEARTBEAT_TIMEOUT_MS", 45_000, 100);
-        if heartbeat_timeout <= heartbeat_interval {
+        // Compared only when both parsed: a bad value already has its one line, and
+        // the default standing in for it must not produce a second.
+        if r.errors.len() == errors_before && heartbeat_timeout <= heartbeat_interval {
             r.errors.push(
                 "HEARTBEAT_TIMEOUT_MS: must be greater than HEARTBEAT_INTERVAL_MS".to_string(),
             );

@@ -287,6 +287,15 @@ impl Owner {
     }
 
     fn attach(&mut self, member: Member, last_version: Option<u64>) -> Result<(), Rejection> {
+        // The same socket joining again: as the same player it simply gets a fresh
+        // hello_ack; as another player it first leaves as the old one.
+        if let Some(at) = self.members.iter().position(|m| m.conn == member.conn) {
+            if self.members[at].player_id == member.player_id {
+                self.members.swap_remove(at);
+            } else {
+                self.detach(member.conn);
+            }
+        }
         if self.members.len() >= self.ctx.max_sockets {
             return Err(Rejection::new(
                 ErrorCode::Unavailable,
@@ -295,9 +304,9 @@ impl Owner {
         }
         let conn = member.conn;
         let player_id = member.player_id.clone();
-        let first_socket = !self.members.iter().any(|m| m.player_id == player_id);
+        let comes_online = self.room.player(&player_id).is_some_and(|p| !p.connected);
         self.members.push(member);
-        if first_socket && self.room.player(&player_id).is_some() {
+        if comes_online {
             let origin = Origin::Socket {
                 conn,
                 player_id: player_id.clone(),

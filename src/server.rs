@@ -8,7 +8,7 @@ use crate::registry::Registry;
 use crate::telemetry::{Metrics, metrics};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -33,21 +33,30 @@ impl App {
 
 /// A running server.
 pub struct ServerHandle {
-    /// The players' HTTP/WebSocket address.
     pub addr: SocketAddr,
-    /// The admin plane's gRPC address.
-    pub admin_addr: SocketAddr,
     pub app: Arc<App>,
     accept: tokio::task::JoinHandle<()>,
+    /// Closes the players' port; cancelled after the sockets have drained.
+    stop_accepting: CancellationToken,
+    /// The admin plane's gRPC address.
+    pub admin_addr: SocketAddr,
     admin: tokio::task::JoinHandle<()>,
     admin_health: crate::admin::Health,
     /// Stops the admin plane; cancelled last, after sockets have drained.
     admin_stop: CancellationToken,
 }
 
-/// Binds the players' port and the admin port, and starts serving both.
+/// Binds the players' port and starts serving.
 pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
-    let listener = TcpListener::bind((config.bind_addr, config.port)).await?;
+    let addr = SocketAddr::new(config.bind_addr, config.port);
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(LISTEN_BACKLOG)?;
     // Without an admin token the admin plane must not be reachable from the network.
     let admin_ip = match config.admin_token {
         Some(_) => config.admin_bind_addr,
@@ -57,7 +66,13 @@ pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
     Ok(serve(listener, admin_listener, config))
 }
 
-/// Starts serving on already bound listeners.
+/// Connections the kernel queues before `accept` takes them. `TcpListener::bind`
+/// uses 128, which a reconnect storm (every client of a restarted node at once)
+/// overflows: the dropped SYNs are retried only after a second. The kernel caps
+/// this at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Starts serving on already bound listeners (players' port, admin port).
 pub fn serve(listener: TcpListener, admin_listener: TcpListener, config: Config) -> ServerHandle {
     let metrics = Arc::new(Metrics::default());
     let shutdown = CancellationToken::new();
@@ -85,8 +100,12 @@ pub fn serve(listener: TcpListener, admin_listener: TcpListener, config: Config)
         tokio::spawn(metrics::flush_loop(metrics, interval, shutdown));
     }
     tracing::info!(port = addr.port(), addr = %addr, "realtime_server_listening");
-    let accept = tokio::spawn(crate::edge::accept_loop(listener, app.clone()));
-
+    let stop_accepting = CancellationToken::new();
+    let accept = tokio::spawn(crate::edge::accept_loop(
+        listener,
+        app.clone(),
+        stop_accepting.clone(),
+    ));
     let admin_addr = admin_listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
@@ -116,9 +135,10 @@ pub fn serve(listener: TcpListener, admin_listener: TcpListener, config: Config)
     });
     ServerHandle {
         addr,
-        admin_addr,
         app,
         accept,
+        stop_accepting,
+        admin_addr,
         admin,
         admin_health,
         admin_stop,
@@ -130,17 +150,19 @@ impl ServerHandle {
         &self.app.registry
     }
 
-    /// Graceful shutdown: stop accepting, close sockets with 1012, wait for them
-    /// (up to the configured grace), then return.
+    /// Graceful shutdown: readiness 503 and no new sockets, close open sockets with
+    /// 1012 once their queued frames are written, wait for them (up to the
+    /// configured grace), then close the port.
     pub async fn shutdown(self) {
         tracing::info!("shutdown_started");
         crate::admin::set_not_serving(&self.admin_health).await;
         self.app.shutdown.cancel();
-        let _ = self.accept.await;
         self.app.tasks.close();
         let drained = tokio::time::timeout(self.app.config.shutdown_grace, self.app.tasks.wait())
             .await
             .is_ok();
+        self.stop_accepting.cancel();
+        let _ = self.accept.await;
         self.admin_stop.cancel();
         let _ = self.admin.await;
         tracing::info!(drained, "shutdown_complete");

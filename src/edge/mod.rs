@@ -16,14 +16,16 @@ use tokio::net::TcpListener;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_util::sync::CancellationToken;
 
 type Body = Full<Bytes>;
 
-/// Accepts connections until shutdown; each is served on its own tracked task.
-pub async fn accept_loop(listener: TcpListener, app: Arc<App>) {
+/// Accepts connections until `stop`. During the shutdown drain (before `stop`) the
+/// port stays open so probes read `/readyz` 503 and upgrades get a clear 503.
+pub async fn accept_loop(listener: TcpListener, app: Arc<App>, stop: CancellationToken) {
     loop {
         let accepted = tokio::select! {
-            _ = app.shutdown.cancelled() => break,
+            _ = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         let (tcp, _peer) = match accepted {
@@ -37,7 +39,9 @@ pub async fn accept_loop(listener: TcpListener, app: Arc<App>) {
         };
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
-        app.tasks.clone().spawn(async move {
+        // Plain HTTP exchanges are short and not waited for at shutdown; the
+        // WebSocket sessions they upgrade to are (see `upgrade`).
+        tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let app = app.clone();
                 async move { Ok::<_, std::convert::Infallible>(route(req, app)) }

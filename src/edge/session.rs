@@ -12,7 +12,7 @@ use crate::outbox::{Frame, Outbox, close};
 use crate::owner::{Member, RoomHandle};
 use crate::protocol::client::{ClientMessage, JoinRoom, decode};
 use crate::protocol::server::error_text;
-use crate::protocol::{ErrorCode, Rejection};
+use crate::protocol::{ErrorCode, Rejection, RoomSnapshot};
 use crate::room::{Action, Room};
 use crate::server::App;
 use crate::telemetry::Metrics;
@@ -175,10 +175,18 @@ impl Reader {
                         break;
                     }
                 }
-                Message::Binary(_) => {
-                    Metrics::inc(&self.app.metrics.counters.ws_message_parse_failures_total);
-                    self.reply_error(ErrorCode::InvalidPayload, "Binary frames are not supported");
-                }
+                // A binary frame is a message too: it spends the same budget.
+                Message::Binary(_) => match self.charge() {
+                    Verdict::Allow => {
+                        Metrics::inc(&self.app.metrics.counters.ws_message_parse_failures_total);
+                        self.reply_error(
+                            ErrorCode::InvalidPayload,
+                            "Binary frames are not supported",
+                        );
+                    }
+                    Verdict::Refuse => {}
+                    Verdict::Close => break,
+                },
                 Message::Close(_) => break,
                 // Pings are answered by tungstenite; any frame proves liveness.
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
@@ -198,16 +206,16 @@ impl Reader {
         self.reply_error(why.code, &why.message);
     }
 
-    /// Handles one text frame. Returns false when the socket must close.
-    async fn on_text(&mut self, text: &str) -> bool {
+    /// Charges one message to the socket's rate budget: past it the reply is
+    /// `rate_limited`, and past the debt limit the socket closes with 1008.
+    fn charge(&mut self) -> Verdict {
+        let verdict = self.limiter.check(Instant::now());
         let metrics = &self.app.metrics;
-        Metrics::inc(&metrics.counters.ws_messages_total);
-        match self.limiter.check(Instant::now()) {
+        match verdict {
             Verdict::Allow => {}
             Verdict::Refuse => {
                 Metrics::inc(&metrics.counters.rate_limited_total);
                 self.reply_error(ErrorCode::RateLimited, "Too many messages; slow down");
-                return true;
             }
             Verdict::Close => {
                 Metrics::inc(&metrics.counters.rate_limited_total);
@@ -216,9 +224,20 @@ impl Reader {
                     "rate_limit_close"
                 );
                 self.out.close(close::POLICY);
-                return false;
             }
         }
+        verdict
+    }
+
+    /// Handles one text frame. Returns false when the socket must close.
+    async fn on_text(&mut self, text: &str) -> bool {
+        Metrics::inc(&self.app.metrics.counters.ws_messages_total);
+        match self.charge() {
+            Verdict::Allow => {}
+            Verdict::Refuse => return true,
+            Verdict::Close => return false,
+        }
+        let metrics = &self.app.metrics;
         let message = match decode(text) {
             Ok(m) => m,
             Err(why) => {
@@ -232,13 +251,13 @@ impl Reader {
             ClientMessage::Heartbeat { room_code } => {
                 // Liveness is already recorded by the read; a heartbeat for another
                 // room than the joined one is still refused.
-                if let (Some(code), Some(joined)) = (room_code, &self.joined) {
-                    if code != joined.room.code() {
-                        self.reply_error(
-                            ErrorCode::Forbidden,
-                            "roomCode does not match the joined room",
-                        );
-                    }
+                if let (Some(code), Some(joined)) = (room_code, &self.joined)
+                    && code != joined.room.code()
+                {
+                    self.reply_error(
+                        ErrorCode::Forbidden,
+                        "roomCode does not match the joined room",
+                    );
                 }
             }
             other => self.player_message(other).await,
@@ -348,27 +367,35 @@ impl Reader {
         }
         let room =
             match (
-                &join.initial_snapshot,
+                join.initial_snapshot,
                 self.app.config.allow_client_seeded_rooms,
             ) {
-                (Some(seed), true) => self
-                    .app
-                    .registry
-                    .get_or_create(&join.room_code, || Room::from_seed(&join.room_code, seed))?,
+                (Some(seed), true) => self.app.registry.get_or_create(&join.room_code, || {
+                    let seed: RoomSnapshot = serde_json::from_value(seed).map_err(|e| {
+                        Rejection::new(
+                            ErrorCode::InvalidPayload,
+                            format!("initialSnapshot is not a room snapshot: {e}"),
+                        )
+                    })?;
+                    Room::from_seed(&join.room_code, &seed)
+                })?,
                 _ => self.app.registry.get(&join.room_code).ok_or_else(|| {
                     Rejection::new(ErrorCode::RoomNotFound, "room does not exist")
                 })?,
             };
-        // A second join on one socket moves it: leave the previous room first.
-        if let Some(previous) = self.joined.take() {
-            previous.room.detach(self.conn).await;
-        }
         let member = Member {
             conn: self.conn,
             player_id: join.player_id.clone(),
             out: self.out.clone(),
         };
         room.attach(member, join.last_version).await?;
+        // A second join on one socket moves it; the old room is left only once the
+        // new one has accepted the socket (a re-join of the same room stays put).
+        if let Some(previous) = self.joined.take()
+            && previous.room.code() != room.code()
+        {
+            previous.room.detach(self.conn).await;
+        }
         Ok(Joined {
             room,
             player_id: join.player_id,

@@ -175,16 +175,28 @@ fn check_color(color: &str) -> Result<(), Rejection> {
     check_id("delta.color", color, COLOR_MAX)
 }
 
-/// Image sources are URLs the browser will load: only http(s), same-origin paths and
-/// inline images, so a delta can never smuggle a `javascript:` URL to other players.
+/// Inline image types a delta may carry (no SVG: it can hold script).
+pub const DATA_IMAGE_PREFIXES: [&str; 4] = [
+    "data:image/png;",
+    "data:image/jpeg;",
+    "data:image/gif;",
+    "data:image/webp;",
+];
+
+/// Image sources are URLs every other player's browser will load: https, paths on
+/// the app's own origin (not `//host`), and raster inline images. A delta can never
+/// smuggle a `javascript:` URL, a foreign protocol-relative host or SVG to others.
 fn check_src(src: &str) -> Result<(), Rejection> {
-    let allowed = ["https://", "http://", "data:image/", "/"];
     if src.len() > SRC_MAX {
         return Err(invalid(format!("delta.src is longer than {SRC_MAX} bytes")));
     }
-    if !allowed.iter().any(|p| src.starts_with(p)) {
+    let same_origin_path = src.starts_with('/') && !src.starts_with("//");
+    let allowed = src.starts_with("https://")
+        || same_origin_path
+        || DATA_IMAGE_PREFIXES.iter().any(|p| src.starts_with(p));
+    if !allowed {
         return Err(invalid(
-            "delta.src must be an http(s) URL, a path or a data:image URL".into(),
+            "delta.src must be an https URL, a /path, or a png/jpeg/gif/webp data URL".into(),
         ));
     }
     Ok(())
@@ -218,6 +230,9 @@ mod tests {
             json!({"op":"text","id":"t1","text":"x","x":1,"y":2,"color":"red","fontSize":7}),
             json!({"op":"text","id":"t1","text":"x","x":1,"y":2,"color":"red","fontSize":97}),
             json!({"op":"image","id":"i1","src":"javascript:alert(1)","x":0,"y":0,"width":10,"height":10}),
+            json!({"op":"image","id":"i1","src":"//evil.example/x.png","x":0,"y":0,"width":10,"height":10}),
+            json!({"op":"image","id":"i1","src":"http://plain.example/x.png","x":0,"y":0,"width":10,"height":10}),
+            json!({"op":"image","id":"i1","src":"data:image/svg+xml;base64,PHN2Zz4=","x":0,"y":0,"width":10,"height":10}),
             json!({"op":"image","id":"i1","src":"/a.png","x":0,"y":0,"width":0,"height":10}),
             json!({"op":"remove","id":""}),
             json!({"op":"explode"}),

@@ -6,10 +6,7 @@
 //! validated here too, so a decoded message is always safe to hand to a room.
 
 use super::canvas::CanvasOp;
-use super::{
-    CreationPhase, ErrorCode, GameStatus, Rejection, RoomSnapshot, check_id, check_timestamp,
-    limits,
-};
+use super::{CreationPhase, ErrorCode, GameStatus, Rejection, check_id, check_timestamp, limits};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use std::borrow::Cow;
@@ -45,8 +42,10 @@ pub struct JoinRoom {
     pub player_id: String,
     #[serde(default)]
     pub player_token: Option<String>,
+    /// Only a hint: kept as raw JSON and decoded only if it seeds a new room, so a
+    /// malformed copy never blocks joining a room that exists.
     #[serde(default)]
-    pub initial_snapshot: Option<RoomSnapshot>,
+    pub initial_snapshot: Option<serde_json::Value>,
     #[serde(default)]
     pub last_version: Option<u64>,
 }
@@ -178,6 +177,13 @@ pub fn decode(text: &str) -> Result<ClientMessage, Rejection> {
             invalid(format!("Invalid JSON: {e}"))
         }
     })?;
+    // serde's derived structs also accept a JSON array (fields by position), so
+    // `["heartbeat"]` would decode as a heartbeat; only an object is a message.
+    if !text.trim_start().starts_with('{') {
+        return Err(invalid(
+            "Message must be a JSON object with a string field \"type\"",
+        ));
+    }
     let kind = envelope.kind.as_ref();
     let message = match kind {
         "join_room" => {
@@ -325,6 +331,7 @@ mod tests {
             "",
             "not json",
             "[]",
+            r#"["heartbeat"]"#,
             "42",
             r#"{"roomCode":"AB"}"#,
             r#"{"type":7}"#,

@@ -112,6 +112,18 @@ pub struct RoomSnapshot {
     /// Part B phase timers: when the running creation phase auto-advances.
     #[serde(default)]
     pub phase_ends_at: Option<String>,
+    /// Part B: the last `presentation_state`, so a client that (re)joins while
+    /// presenting knows which campaign is on screen. Changes without a version bump,
+    /// like the broadcast it mirrors.
+    #[serde(default)]
+    pub presentation: Option<Presentation>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Presentation {
+    pub present_index: i64,
+    pub show_campaign: bool,
 }
 
 /// Limits on identifiers and text, shared by every decoder so they are judged one way.

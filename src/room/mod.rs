@@ -248,6 +248,7 @@ impl Room {
                 players: Vec::new(),
                 version: 0,
                 phase_ends_at: None,
+                presentation: None,
             },
             settings,
             canvases: BTreeMap::new(),
@@ -422,6 +423,10 @@ impl Room {
                 show_campaign,
             } => {
                 self.require_roster(actor)?;
+                self.snapshot.presentation = Some(crate::protocol::Presentation {
+                    present_index,
+                    show_campaign,
+                });
                 return Ok(Applied {
                     event: Event::Presentation {
                         present_index,
@@ -455,10 +460,16 @@ impl Room {
                     ));
                 }
                 let next = self.snapshot.version + 1;
-                self.canvases
-                    .entry(adlob_id.clone())
-                    .or_default()
-                    .apply(op.clone(), next)?;
+                // A new canvas is inserted only once its first op applied, so a
+                // rejected op (e.g. `remove` on an empty canvas) leaves no trace.
+                match self.canvases.get_mut(&adlob_id) {
+                    Some(canvas) => canvas.apply(op.clone(), next)?,
+                    None => {
+                        let mut canvas = Canvas::default();
+                        canvas.apply(op.clone(), next)?;
+                        self.canvases.insert(adlob_id.clone(), canvas);
+                    }
+                }
                 Event::CanvasDelta {
                     adlob_id,
                     phase,

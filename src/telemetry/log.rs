@@ -43,12 +43,7 @@ impl Visit for Fields {
             .insert(field.name().to_string(), format!("{value:?}").into());
     }
     fn record_str(&mut self, field: &Field, value: &str) {
-        let v = if field.name() == "metrics" {
-            serde_json::from_str(value).unwrap_or_else(|_| value.into())
-        } else {
-            value.into()
-        };
-        self.0.insert(field.name().to_string(), v);
+        self.0.insert(field.name().to_string(), value.into());
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.0.insert(field.name().to_string(), value.into());
@@ -74,10 +69,11 @@ fn render(level: &Level, mut fields: Fields, time: String) -> String {
     let message = fields.0.remove("message").unwrap_or_default();
     line.insert("message".into(), message);
     line.insert("time".into(), time.into());
-    if let Some(serde_json::Value::String(s)) = fields.0.get("metrics") {
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(s) {
-            fields.0.insert("metrics".into(), v);
-        }
+    // `metrics = %json` arrives as text; embed it as the object it is.
+    if let Some(serde_json::Value::String(s)) = fields.0.get("metrics")
+        && let Ok(v) = serde_json::from_str::<serde_json::Value>(s)
+    {
+        fields.0.insert("metrics".into(), v);
     }
     line.extend(fields.0);
     let mut text = serde_json::Value::Object(line).to_string();
