@@ -17,6 +17,8 @@ pub enum Command {
         token: String,
     },
     CheckConfig,
+    /// Apply the database migrations and exit (handled by main: it needs a runtime).
+    Migrate,
     Help,
 }
 
@@ -25,6 +27,7 @@ pub const USAGE: &str = "usage:
   karaoke-realtime token mint --room CODE --player ID [--ttl SECONDS]
   karaoke-realtime token check TOKEN
   karaoke-realtime config check         validate the environment and print the settings
+  karaoke-realtime migrate              apply the database migrations (DATABASE_URL) and exit
 Tokens use REALTIME_SHARED_SECRET.";
 
 pub fn parse(args: &[String]) -> Result<Command, String> {
@@ -33,6 +36,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         [] | ["serve"] => Ok(Command::Serve),
         ["help"] | ["--help"] | ["-h"] => Ok(Command::Help),
         ["config", "check"] => Ok(Command::CheckConfig),
+        ["migrate"] => Ok(Command::Migrate),
         ["token", "check", token] => Ok(Command::CheckToken {
             token: (*token).to_string(),
         }),
@@ -66,7 +70,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
 pub fn run(command: Command, config: &Config) -> u8 {
     let keys = TokenKeys::new(&config.shared_secret.0);
     match command {
-        Command::Serve => 0,
+        Command::Serve | Command::Migrate => 0,
         Command::Help => {
             println!("{USAGE}");
             0

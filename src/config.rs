@@ -50,7 +50,43 @@ pub struct Config {
     pub max_sockets_per_room: usize,
     /// How long shutdown waits for sockets to close and writes to flush.
     pub shutdown_grace: Duration,
+    /// Where rooms are persisted (`DATABASE_URL`).
+    pub database: Database,
+    /// Writes (events + snapshots) queued while the database is slow or down; at the
+    /// bound state changes are refused with `unavailable`.
+    pub persist_queue_limit: usize,
+    /// Rows written in one round trip at most.
+    pub persist_batch_max: usize,
+    /// How long the writer waits to fill a batch: the most a `kill -9` can lose.
+    pub persist_flush_interval: Duration,
+    /// How often a changed room's whole state is snapshotted.
+    pub snapshot_interval: Duration,
 }
+
+/// The persistence backend, chosen by the scheme of `DATABASE_URL`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Database {
+    /// `memory:`: no persistence; rooms live and die with the process.
+    Memory,
+    /// `sqlite://path` (the default, `sqlite://data/karaoke.db`).
+    Sqlite(String),
+    /// `postgres://…` or `postgresql://…` (Supabase is Postgres).
+    Postgres(String),
+}
+
+impl std::fmt::Debug for Database {
+    // The URL can hold a password: show only the backend.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Database::Memory => "memory",
+            Database::Sqlite(_) => "sqlite",
+            Database::Postgres(_) => "postgres",
+        })
+    }
+}
+
+/// The default database: a SQLite file under ./data, so `cargo run` needs nothing.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/karaoke.db";
 
 /// PEM material for the admin plane's TLS, read at start-up.
 #[derive(Clone)]
@@ -114,6 +150,11 @@ impl std::fmt::Debug for Config {
             .field("room_history_limit", &self.room_history_limit)
             .field("max_sockets_per_room", &self.max_sockets_per_room)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("database", &self.database)
+            .field("persist_queue_limit", &self.persist_queue_limit)
+            .field("persist_batch_max", &self.persist_batch_max)
+            .field("persist_flush_interval", &self.persist_flush_interval)
+            .field("snapshot_interval", &self.snapshot_interval)
             .finish()
     }
 }
@@ -297,6 +338,28 @@ impl Config {
         let room_history_limit = r.number("ROOM_HISTORY_LIMIT", 512usize, 0, 1_000_000);
         let max_sockets_per_room = r.number("MAX_SOCKETS_PER_ROOM", 64usize, 1, 100_000);
         let shutdown_grace = r.millis("SHUTDOWN_GRACE_MS", 10_000, 0);
+        let url = r
+            .raw("DATABASE_URL")
+            .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string());
+        let url = url.trim().to_string();
+        let database = if url == "memory:" {
+            Database::Memory
+        } else if url.starts_with("sqlite:") {
+            Database::Sqlite(url)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Database::Postgres(url)
+        } else {
+            // Never echo the value: it may carry a password.
+            r.errors.push(
+                "DATABASE_URL: expected postgres://…, postgresql://…, sqlite://… or memory:"
+                    .to_string(),
+            );
+            Database::Memory
+        };
+        let persist_queue_limit = r.number("PERSIST_QUEUE_LIMIT", 100_000usize, 100, 10_000_000);
+        let persist_batch_max = r.number("PERSIST_BATCH_MAX", 500usize, 1, 10_000);
+        let persist_flush_interval = r.millis("PERSIST_FLUSH_INTERVAL_MS", 50, 1);
+        let snapshot_interval = r.millis("SNAPSHOT_INTERVAL_MS", 1_000, 10);
         if !r.errors.is_empty() {
             return Err(r.errors);
         }
@@ -323,6 +386,11 @@ impl Config {
             room_history_limit,
             max_sockets_per_room,
             shutdown_grace,
+            database,
+            persist_queue_limit,
+            persist_batch_max,
+            persist_flush_interval,
+            snapshot_interval,
         })
     }
 
@@ -335,6 +403,7 @@ impl Config {
             "ADMIN_PORT" => Some("0".into()),
             "BIND_ADDR" => Some("127.0.0.1".into()),
             "METRICS_FLUSH_INTERVAL_MS" => Some("0".into()),
+            "DATABASE_URL" => Some("memory:".into()),
             _ => None,
         })
         .unwrap_or_else(|errors| panic!("test defaults are valid: {errors:?}"));

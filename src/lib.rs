@@ -17,6 +17,7 @@ pub mod protocol;
 pub mod registry;
 pub mod room;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 
 /// The admin plane lives in the top-level `admin/` folder (its own plane, its own

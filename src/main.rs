@@ -23,6 +23,9 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if command == Command::Migrate {
+        return migrate(&config).await;
+    }
     if command != Command::Serve {
         return std::process::ExitCode::from(cli::run(command, &config));
     }
@@ -40,13 +43,39 @@ async fn main() -> std::process::ExitCode {
     let handle = match server::start(config).await {
         Ok(handle) => handle,
         Err(e) => {
-            tracing::error!(error = %e, "bind_failed");
+            tracing::error!(error = %e, "start_failed");
             return std::process::ExitCode::from(1);
         }
     };
     signals.wait().await;
     handle.shutdown().await;
     std::process::ExitCode::SUCCESS
+}
+
+/// `karaoke-realtime migrate`: applies the migrations and exits.
+async fn migrate(config: &Config) -> std::process::ExitCode {
+    use karaoke_realtime::store::Store;
+    let result = async {
+        match Store::connect(&config.database).await? {
+            Some(store) => store.migrate().await.map(|()| true),
+            None => Ok(false),
+        }
+    }
+    .await;
+    match result {
+        Ok(true) => {
+            println!("migrations applied ({:?})", config.database);
+            std::process::ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            println!("DATABASE_URL is memory: nothing to migrate");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("migrate failed: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
 }
 
 /// SIGTERM and SIGINT, registered up front and awaited later.

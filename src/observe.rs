@@ -19,15 +19,39 @@ pub enum Origin {
     Server,
 }
 
+/// One applied command, as observers see it.
+pub struct Change<'a> {
+    pub origin: &'a Origin,
+    /// The action as it was applied (replaying it at `at` reproduces the change).
+    pub action: &'a Action,
+    /// The time the room's rules were given.
+    pub at: time::OffsetDateTime,
+    pub applied: &'a Applied,
+}
+
+impl Change<'_> {
+    /// Who the rules saw acting.
+    pub fn actor(&self) -> crate::room::Actor {
+        match self.origin {
+            Origin::Socket { player_id, .. } => crate::room::Actor::Player(player_id.clone()),
+            Origin::Server => crate::room::Actor::Server,
+        }
+    }
+}
+
 pub trait Observer: Send + Sync {
-    /// Asked before a state change is applied; an error refuses it.
+    /// Asked before a state change is applied; an error refuses it. Presence changes
+    /// (a socket arriving or leaving) are not asked: a closed socket cannot be refused.
     fn admit(&self, _room: &Room) -> Result<(), Rejection> {
         Ok(())
     }
     /// A command was applied (state changed, or a stateless broadcast was made).
-    fn applied(&self, _room: &Room, _origin: &Origin, _applied: &Applied) {}
+    fn applied(&self, _room: &Room, _change: &Change<'_>) {}
     /// A command was refused; the room is unchanged.
     fn rejected(&self, _room: &Room, _origin: &Origin, _action: &Action, _why: &Rejection) {}
+    /// The room's whole state is due to be saved: changes since the last checkpoint
+    /// coalesce into this one call (on an interval, at shutdown, at close).
+    fn checkpoint(&self, _room: &Room, _closed: bool) {}
 }
 
 pub type Observers = Arc<[Arc<dyn Observer>]>;
@@ -79,7 +103,8 @@ pub fn count_outcome(metrics: &Metrics, family: Option<Family>, ok: bool) {
 pub struct Telemetry(pub Arc<Metrics>);
 
 impl Observer for Telemetry {
-    fn applied(&self, room: &Room, origin: &Origin, applied: &Applied) {
+    fn applied(&self, room: &Room, change: &Change<'_>) {
+        let (origin, applied) = (change.origin, change.applied);
         if applied.changed {
             Metrics::inc(&self.0.counters.room_events_total);
         }
@@ -100,8 +125,8 @@ impl Observer for Telemetry {
             let snapshot = room.snapshot();
             tracing::info!(
                 roomCode = %room.code(),
-                status = ?snapshot.status,
-                currentPhase = ?snapshot.current_phase,
+                status = snapshot.status.as_str(),
+                currentPhase = snapshot.current_phase.map(|p| p.as_str()).unwrap_or("null"),
                 version = applied.version,
                 by = if matches!(origin, Origin::Server) { "server" } else { "player" },
                 "phase_changed"

@@ -6,7 +6,7 @@
 //! rules, serializes each resulting event once, records it in the bounded resume
 //! history, fans the frame out to the room's sockets and tells the observers.
 
-use crate::observe::{Observers, Origin};
+use crate::observe::{Change, Observers, Origin};
 use crate::outbox::{Frame, Outbox, Push};
 use crate::protocol::server::{BigIdeaState, CanvasState, ServerMessage};
 use crate::protocol::{ErrorCode, Rejection, RoomSnapshot};
@@ -30,6 +30,8 @@ pub struct RoomContext {
     pub heartbeat_interval: Duration,
     pub history_limit: usize,
     pub max_sockets: usize,
+    /// How often a changed room's whole state is offered to observers (snapshots).
+    pub checkpoint_interval: Duration,
     /// Cancelled at shutdown: sockets then leave without changing room state, so a
     /// client that reconnects after a restart finds the version it last saw.
     pub shutdown: CancellationToken,
@@ -69,6 +71,10 @@ pub enum RoomMsg {
     /// the current `room_state`.
     Watch {
         out: Outbox,
+    },
+    /// Saves the room now if it changed (shutdown), then replies.
+    Checkpoint {
+        reply: oneshot::Sender<()>,
     },
     /// Disconnects everyone with `reason`, ends watchers, and stops the owner.
     Close {
@@ -157,6 +163,14 @@ impl RoomHandle {
         rx.await.ok()
     }
 
+    /// Saves the room now if it changed since its last checkpoint.
+    pub async fn checkpoint(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(RoomMsg::Checkpoint { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// Registers a watcher's outbox; false if the room is gone.
     pub async fn watch(&self, out: Outbox) -> bool {
         self.tx.send(RoomMsg::Watch { out }).await.is_ok()
@@ -171,10 +185,13 @@ impl RoomHandle {
 }
 
 /// Starts the owner task of `room` and returns its handle.
-pub fn spawn(room: Room, ctx: Arc<RoomContext>) -> RoomHandle {
+/// `saved`: the room is already stored as it is (restored at start-up), so its first
+/// checkpoint can wait for a change.
+pub fn spawn(room: Room, ctx: Arc<RoomContext>, saved: bool) -> RoomHandle {
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let code: Arc<str> = room.code().into();
     let owner = Owner {
+        checkpointed: saved.then(|| room.version()),
         room,
         members: Vec::new(),
         watchers: Vec::new(),
@@ -190,6 +207,8 @@ struct Owner {
     members: Vec<Member>,
     /// Admin-plane watchers of this room's events.
     watchers: Vec<Outbox>,
+    /// The version last offered to observers as a checkpoint.
+    checkpointed: Option<u64>,
     /// (version, frame) of the last changes, oldest first, for `lastVersion` resume.
     history: VecDeque<(u64, Frame)>,
     ctx: Arc<RoomContext>,
@@ -206,6 +225,9 @@ impl Owner {
             self.ctx.heartbeat_interval,
         );
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut checkpoints = tokio::time::interval(self.ctx.checkpoint_interval);
+        checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate: a new room is saved as soon as it exists.
         loop {
             let deadline = self.phase_deadline();
             tokio::select! {
@@ -219,6 +241,7 @@ impl Owner {
                     None => break,
                 },
                 _ = heartbeat.tick() => self.send_heartbeat(),
+                _ = checkpoints.tick() => self.checkpoint(false),
                 _ = sleep_until(deadline) => {
                     self.command(Origin::Server, Action::Advance, None);
                 }
@@ -262,6 +285,10 @@ impl Owner {
                     connections: self.members.len(),
                 });
             }
+            RoomMsg::Checkpoint { reply } => {
+                self.checkpoint(false);
+                let _ = reply.send(());
+            }
             RoomMsg::Watch { out } => {
                 if out.push(self.room_state_frame()) == Push::Queued {
                     self.watchers.push(out);
@@ -275,7 +302,20 @@ impl Owner {
         }
     }
 
+    /// Offers the room's whole state to observers if it changed since the last time.
+    fn checkpoint(&mut self, closed: bool) {
+        let version = self.room.version();
+        if self.checkpointed == Some(version) && !closed {
+            return;
+        }
+        self.checkpointed = Some(version);
+        for o in self.ctx.observers.iter() {
+            o.checkpoint(&self.room, closed);
+        }
+    }
+
     fn close(&mut self, reason: &str) {
+        self.checkpoint(true);
         for m in self.members.drain(..) {
             m.out
                 .close_with_reason(crate::outbox::close::ROOM_CLOSED, reason);
@@ -466,19 +506,31 @@ impl Owner {
             Origin::Server => Actor::Server,
         };
         let observers = self.ctx.observers.clone();
-        if let Err(why) = observers.iter().try_for_each(|o| o.admit(&self.room)) {
+        let presence = matches!(action, Action::Connect | Action::Disconnect);
+        if let Err(why) = observers
+            .iter()
+            .filter(|_| !presence)
+            .try_for_each(|o| o.admit(&self.room))
+        {
             observers
                 .iter()
                 .for_each(|o| o.rejected(&self.room, origin, &action, &why));
             return Err(why);
         }
         let for_observers = action.clone();
-        match self.room.apply(&actor, action, OffsetDateTime::now_utc()) {
+        let at = OffsetDateTime::now_utc();
+        match self.room.apply(&actor, action, at) {
             Ok(applied) => {
                 self.publish(&applied, except);
+                let change = Change {
+                    origin,
+                    action: &for_observers,
+                    at,
+                    applied: &applied,
+                };
                 observers
                     .iter()
-                    .for_each(|o| o.applied(&self.room, origin, &applied));
+                    .for_each(|o| o.applied(&self.room, &change));
                 Ok(applied)
             }
             Err(why) => {

@@ -5,6 +5,8 @@ use crate::config::Config;
 use crate::observe::{Observer, Telemetry};
 use crate::owner::RoomContext;
 use crate::registry::Registry;
+use crate::store::writer::{self, WriterConfig, WriterHandle};
+use crate::store::{Loaded, Store, StoreError};
 use crate::telemetry::{Metrics, metrics};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,10 +46,52 @@ pub struct ServerHandle {
     admin_health: crate::admin::Health,
     /// Stops the admin plane; cancelled last, after sockets have drained.
     admin_stop: CancellationToken,
+    /// The persistence writer, flushed at shutdown (`None` with `memory:`).
+    writer: Option<WriterHandle>,
 }
 
-/// Binds the players' port and starts serving.
-pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen: {0}")]
+    Listen(#[from] std::io::Error),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// Binds both ports, opens the store (migrations, restored rooms), starts serving.
+pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
+    let (listener, admin_listener) = bind(&config).await?;
+    let store = open_store(&config).await?;
+    Ok(serve(listener, admin_listener, config, store))
+}
+
+/// Connects to the configured database, applies migrations and loads every open
+/// room; rooms that cannot be restored are reported, one line each.
+pub async fn open_store(config: &Config) -> Result<Option<(Store, Loaded)>, StoreError> {
+    let Some(store) = Store::connect(&config.database).await? else {
+        tracing::info!("persistence_disabled");
+        return Ok(None);
+    };
+    store.migrate().await?;
+    let loaded = store.load().await?;
+    for failure in &loaded.failures {
+        tracing::error!(
+            roomCode = %failure.room_code,
+            version = failure.version,
+            reason = %failure.reason,
+            "room_restore_failed"
+        );
+    }
+    tracing::info!(
+        backend = ?config.database,
+        restored = loaded.rooms.len(),
+        failed = loaded.failures.len(),
+        "rooms_restored"
+    );
+    Ok(Some((store, loaded)))
+}
+
+async fn bind(config: &Config) -> std::io::Result<(TcpListener, TcpListener)> {
     let addr = SocketAddr::new(config.bind_addr, config.port);
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
@@ -63,7 +107,7 @@ pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
         None => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
     };
     let admin_listener = TcpListener::bind((admin_ip, config.admin_port)).await?;
-    Ok(serve(listener, admin_listener, config))
+    Ok((listener, admin_listener))
 }
 
 /// Connections the kernel queues before `accept` takes them. `TcpListener::bind`
@@ -72,22 +116,49 @@ pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
 /// this at `net.core.somaxconn`.
 const LISTEN_BACKLOG: u32 = 4096;
 
-/// Starts serving on already bound listeners (players' port, admin port).
-pub fn serve(listener: TcpListener, admin_listener: TcpListener, config: Config) -> ServerHandle {
+/// Starts serving on already bound listeners (players' port, admin port), with the
+/// store and the rooms it loaded, if persistence is on.
+pub fn serve(
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    config: Config,
+    store: Option<(Store, Loaded)>,
+) -> ServerHandle {
     let metrics = Arc::new(Metrics::default());
     let shutdown = CancellationToken::new();
-    let observers: Vec<Arc<dyn Observer>> = vec![Arc::new(Telemetry(metrics.clone()))];
+    let mut observers: Vec<Arc<dyn Observer>> = vec![Arc::new(Telemetry(metrics.clone()))];
+    let (writer, loaded) = match store {
+        Some((store, loaded)) => {
+            let (persistence, writer) = writer::start(
+                store,
+                WriterConfig {
+                    limit: config.persist_queue_limit,
+                    batch_max: config.persist_batch_max,
+                    flush_interval: config.persist_flush_interval,
+                },
+                metrics.clone(),
+            );
+            observers.push(persistence);
+            (Some(writer), loaded)
+        }
+        None => (None, Loaded::default()),
+    };
     let ctx = Arc::new(RoomContext {
         metrics: metrics.clone(),
         observers: observers.into(),
         heartbeat_interval: config.heartbeat_interval,
         history_limit: config.room_history_limit,
         max_sockets: config.max_sockets_per_room,
+        checkpoint_interval: config.snapshot_interval,
         shutdown: shutdown.clone(),
     });
+    let registry = Registry::new(ctx, loaded.known_codes);
+    for room in loaded.rooms {
+        registry.restore(room);
+    }
     let app = Arc::new(App {
         keys: TokenKeys::new(&config.shared_secret.0),
-        registry: Registry::new(ctx),
+        registry,
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
         tasks: TaskTracker::new(),
@@ -142,6 +213,7 @@ pub fn serve(listener: TcpListener, admin_listener: TcpListener, config: Config)
         admin,
         admin_health,
         admin_stop,
+        writer,
     }
 }
 
@@ -161,6 +233,18 @@ impl ServerHandle {
         let drained = tokio::time::timeout(self.app.config.shutdown_grace, self.app.tasks.wait())
             .await
             .is_ok();
+        // Every room's final state, then everything queued, reaches the database.
+        for room in self.app.registry.handles() {
+            room.checkpoint().await;
+        }
+        if let Some(writer) = self.writer {
+            let unwritten = writer.finish(self.app.config.shutdown_grace).await;
+            if unwritten > 0 {
+                tracing::error!(unwritten, "persist_queue_lost_at_shutdown");
+            } else {
+                tracing::info!("persist_flushed");
+            }
+        }
         self.stop_accepting.cancel();
         let _ = self.accept.await;
         self.admin_stop.cancel();

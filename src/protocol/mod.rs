@@ -83,6 +83,32 @@ pub enum CreationPhase {
     Pitch,
 }
 
+impl GameStatus {
+    /// The wire name (`"lobby"`, …), for logs and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GameStatus::Lobby => "lobby",
+            GameStatus::Briefing => "briefing",
+            GameStatus::Creating => "creating",
+            GameStatus::Presenting => "presenting",
+            GameStatus::Voting => "voting",
+            GameStatus::Results => "results",
+        }
+    }
+}
+
+impl CreationPhase {
+    /// The wire name (`"big_idea"`, …), for logs and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CreationPhase::BigIdea => "big_idea",
+            CreationPhase::Visual => "visual",
+            CreationPhase::Headline => "headline",
+            CreationPhase::Pitch => "pitch",
+        }
+    }
+}
+
 /// One roster entry as clients see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

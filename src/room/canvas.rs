@@ -2,13 +2,14 @@
 
 use crate::protocol::canvas::CanvasOp;
 use crate::protocol::{ErrorCode, Rejection};
+use serde::{Deserialize, Serialize};
 
 /// Bounds that keep one room's memory finite whatever its players send.
 pub const MAX_CANVASES: usize = 64;
 pub const MAX_OPS: usize = 2_000;
 pub const MAX_BYTES: usize = 1024 * 1024;
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Canvas {
     /// Live elements in drawing order (only stroke, text and image ops).
     pub ops: Vec<CanvasOp>,

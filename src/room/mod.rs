@@ -14,11 +14,13 @@ use crate::protocol::{
     check_timestamp, format_time, limits,
 };
 use canvas::Canvas;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use time::OffsetDateTime;
 
 /// Settings the backend attaches to a room (brought in through the admin plane).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct Settings {
     pub product_category: Option<String>,
     pub phase_duration_seconds: Option<u32>,
@@ -29,7 +31,8 @@ pub struct Settings {
     pub auto_advance: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct BigIdea {
     pub text: String,
     pub author_id: String,
@@ -38,13 +41,19 @@ pub struct BigIdea {
 
 /// Who asks for a change. Players are held to the game's rules; the server itself
 /// (phase timers, and later the admin plane) is not asked for roster or host rights.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Actor {
     Player(String),
     Server,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    tag = "kind",
+    rename_all = "snake_case",
+    rename_all_fields = "camelCase"
+)]
 pub enum Action {
     /// A player's first socket attached (presence on).
     Connect,
@@ -100,8 +109,32 @@ pub enum Action {
     },
 }
 
+/// The whole state of a room as the store keeps it. `format` lets a server refuse
+/// state written by a newer one instead of misreading it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredRoom {
+    pub format: u32,
+    pub snapshot: RoomSnapshot,
+    #[serde(default)]
+    pub settings: Settings,
+    #[serde(default)]
+    pub canvases: BTreeMap<String, Canvas>,
+    #[serde(default)]
+    pub big_ideas: BTreeMap<String, BigIdea>,
+    #[serde(default)]
+    pub brief_id: Option<String>,
+    /// True in the final snapshot of a room closed through the admin plane.
+    #[serde(default)]
+    pub closed: bool,
+}
+
+/// The `StoredRoom::format` this server writes and the newest it reads.
+pub const STORE_FORMAT: u32 = 1;
+
 /// A partial settings update: `None` keeps the current value.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct SettingsPatch {
     pub product_category: Option<String>,
     pub phase_duration_seconds: Option<u32>,
@@ -312,6 +345,59 @@ impl Room {
 
     pub fn code(&self) -> &str {
         &self.snapshot.code
+    }
+
+    /// The room's whole state for the store.
+    pub fn to_stored(&self, closed: bool) -> StoredRoom {
+        StoredRoom {
+            format: STORE_FORMAT,
+            snapshot: self.snapshot.clone(),
+            settings: self.settings.clone(),
+            canvases: self.canvases.clone(),
+            big_ideas: self.big_ideas.clone(),
+            brief_id: self.brief_id.clone(),
+            closed,
+        }
+    }
+
+    /// A room from stored state, validated like any other input. Presence is not
+    /// restored: nobody is connected to a room that was just loaded.
+    pub fn from_stored(stored: StoredRoom) -> Result<Room, Rejection> {
+        if stored.format > STORE_FORMAT {
+            return Err(Rejection::new(
+                ErrorCode::InternalError,
+                format!(
+                    "stored with format {} by a newer server (this one reads up to {STORE_FORMAT})",
+                    stored.format
+                ),
+            ));
+        }
+        let snapshot = stored.snapshot;
+        let mut room = Room::new(&snapshot.code, snapshot.players.clone(), stored.settings)?;
+        if let Some(t) = &snapshot.phase_start_time {
+            check_timestamp("phaseStartTime", t)?;
+        }
+        let (status, phase) = rules::normalize(snapshot.status, snapshot.current_phase);
+        room.snapshot = RoomSnapshot {
+            status,
+            current_phase: phase,
+            players: room.snapshot.players,
+            phase_ends_at: None,
+            ..snapshot
+        };
+        room.canvases = stored.canvases;
+        room.big_ideas = stored.big_ideas;
+        room.brief_id = stored.brief_id;
+        room.refresh_deadline();
+        Ok(room)
+    }
+
+    /// Marks every player offline without a version bump: used after a restore,
+    /// when replayed presence events describe sockets of a previous process.
+    pub fn clear_presence(&mut self) {
+        for p in &mut self.snapshot.players {
+            p.connected = false;
+        }
     }
 
     pub fn version(&self) -> u64 {

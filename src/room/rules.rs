@@ -72,12 +72,8 @@ pub fn event_for(from: Step, to: Step) -> Event {
 }
 
 fn describe((status, phase): Step) -> String {
-    let status = serde_json::to_value(status)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
-    match phase.and_then(|p| serde_json::to_value(p).ok()) {
-        Some(p) => format!("{status}/{}", p.as_str().unwrap_or_default()),
-        None => status,
+    match phase {
+        Some(p) => format!("{}/{}", status.as_str(), p.as_str()),
+        None => status.as_str().to_string(),
     }
 }

@@ -42,6 +42,8 @@ counters!(
     snapshots_persisted_total,
     event_persist_success_total,
     event_persist_failures_total,
+    persist_batches_total,
+    persist_batch_micros_total,
     rate_limited_total,
     slow_consumer_closes_total,
     oversized_frames_total,
@@ -55,11 +57,22 @@ pub struct Metrics {
     pub rooms_live: AtomicI64,
     /// Open WebSocket connections on this node.
     pub connections_live: AtomicI64,
+    /// Rows waiting to be written to the database (shared with the writer).
+    pub persist_queue_depth: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Metrics {
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One database round trip of the writer (count and total time: the flush line's
+    /// deltas give the mean batch time).
+    pub fn record_persist_batch(&self, elapsed: std::time::Duration) {
+        Metrics::inc(&self.counters.persist_batches_total);
+        self.counters
+            .persist_batch_micros_total
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// The body of one `metrics_flush` line: counter deltas since `previous`
@@ -78,6 +91,10 @@ impl Metrics {
         out.insert(
             "ws_connections_live".into(),
             self.connections_live.load(Ordering::Relaxed).into(),
+        );
+        out.insert(
+            "persist_queue_depth".into(),
+            self.persist_queue_depth.load(Ordering::Relaxed).into(),
         );
         *previous = now;
         serde_json::Value::Object(out)
