@@ -41,9 +41,18 @@ struct Args {
 /// Flags that take no value.
 const SWITCHES: &[&str] = &["--host", "--ready", "--auto-advance"];
 
+/// Whether `flag` takes no value in `command` (the first word, if already seen):
+/// `add-player`'s `--host` is a switch, `create-room`'s takes `ID:NAME`.
+fn is_switch(command: Option<&str>, flag: &str) -> bool {
+    match flag {
+        "--host" => command != Some("create-room"),
+        _ => SWITCHES.contains(&flag),
+    }
+}
+
 impl Args {
     fn parse(raw: Vec<String>) -> Result<Args, String> {
-        let mut words = Vec::new();
+        let mut words: Vec<String> = Vec::new();
         let mut flags = Vec::new();
         let mut it = raw.into_iter().peekable();
         while let Some(word) = it.next() {
@@ -51,7 +60,7 @@ impl Args {
                 words.push(word);
                 continue;
             }
-            let takes_value = !SWITCHES.contains(&word.as_str())
+            let takes_value = !is_switch(words.first().map(String::as_str), &word)
                 || (word == "--auto-advance"
                     && it.peek().is_some_and(|v| v == "true" || v == "false"));
             let value = if takes_value {
@@ -440,4 +449,25 @@ async fn run(raw: Vec<String>) -> Result<(), Failure> {
     };
     println!("{out}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Args;
+
+    fn parse(line: &str) -> Args {
+        Args::parse(line.split(' ').map(str::to_string).collect()).expect("parses")
+    }
+
+    #[test]
+    fn host_takes_a_value_only_in_create_room() {
+        let args = parse("create-room --host h1:Hana --code ABC");
+        assert_eq!(args.flag("--host"), Some("h1:Hana"));
+        assert_eq!(args.flag("--code"), Some("ABC"));
+        assert_eq!(args.words, ["create-room"]);
+        let args = parse("add-player ABC p2 Pia --host --seat 1");
+        assert!(args.switch("--host"));
+        assert_eq!(args.flag("--seat"), Some("1"));
+        assert_eq!(args.words, ["add-player", "ABC", "p2", "Pia"]);
+    }
 }

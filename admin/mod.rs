@@ -85,3 +85,14 @@ pub async fn set_not_serving(health: &Health) {
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
 }
+
+/// Ends every open health `Watch` stream by forgetting the statuses (their senders
+/// are dropped). Called just before the admin plane stops: its graceful stop waits
+/// for every open stream, and a health watcher's stream would otherwise never end.
+pub async fn end_health_watches(health: &Health) {
+    use tonic::server::NamedService;
+    type Admin = pb::room_admin_server::RoomAdminServer<service::AdminService>;
+    let mut health = health.clone();
+    health.clear_service_status("").await;
+    health.clear_service_status(Admin::NAME).await;
+}

@@ -391,6 +391,7 @@ impl RoomAdmin for AdminService {
     ) -> Result<Response<pb::CloseRoomResponse>, Status> {
         let req = request.into_inner();
         let result = async {
+            self.ensure_serving()?;
             let handle = self.room("room_code", &req.room_code)?;
             if req.reason.len() > CLOSE_REASON_MAX || req.reason.chars().any(char::is_control) {
                 return Err(invalid(

@@ -247,6 +247,7 @@ impl ServerHandle {
         }
         self.stop_accepting.cancel();
         let _ = self.accept.await;
+        crate::admin::end_health_watches(&self.admin_health).await;
         self.admin_stop.cancel();
         let _ = self.admin.await;
         tracing::info!(drained, "shutdown_complete");

@@ -7,7 +7,7 @@
 #![allow(dead_code)]
 
 use serde_json::Value;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -234,9 +234,9 @@ impl Proc {
         cpu_secs_of(self.pid)
     }
 
-    /// The port of a TCP socket the process is listening on, found through /proc
-    /// (for runs whose log level hides the `realtime_server_listening` line). Polls
-    /// the kernel's socket table until the listener appears, up to `WAIT`.
+    /// The players' port, found through /proc (for runs whose log level hides the
+    /// `realtime_server_listening` line). Polls the kernel's socket table until the
+    /// listener appears, up to `WAIT`.
     pub async fn listening_port_from_proc(&self) -> u16 {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
@@ -292,32 +292,41 @@ fn status_field_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
 }
 
-/// Finds a listening TCP socket owned by `pid`: socket inodes from /proc/<pid>/fd,
-/// matched against LISTEN rows (state 0A) of /proc/<pid>/net/tcp{,6}.
+/// Finds the players' listening TCP socket of `pid`: socket inodes from
+/// /proc/<pid>/fd, matched against LISTEN rows (state 0A) of /proc/<pid>/net/tcp{,6}.
+/// The process also listens on the admin plane's port; the players' port is the one
+/// with the lowest descriptor, as the server binds it first.
 fn proc_listening_port(pid: u32) -> Option<u16> {
-    let inodes: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+    let mut sockets: Vec<(u32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .ok()?
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter_map(|target| {
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let fd: u32 = e.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
             let t = target.to_string_lossy().into_owned();
-            t.strip_prefix("socket:[")?
-                .strip_suffix(']')
-                .map(str::to_string)
+            let inode = t.strip_prefix("socket:[")?.strip_suffix(']')?.to_string();
+            Some((fd, inode))
         })
         .collect();
+    sockets.sort();
+    let mut listening: HashMap<String, u16> = HashMap::new();
     for table in ["tcp", "tcp6"] {
         let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
             continue;
         };
         for row in text.lines().skip(1) {
             let cols: Vec<&str> = row.split_whitespace().collect();
-            if cols.len() > 9 && cols[3] == "0A" && inodes.contains(cols[9]) {
-                let port_hex = cols[1].rsplit(':').next()?;
-                return u16::from_str_radix(port_hex, 16).ok();
+            if cols.len() > 9 && cols[3] == "0A" {
+                let port_hex = cols[1].rsplit(':').next().unwrap_or_default();
+                if let Ok(port) = u16::from_str_radix(port_hex, 16) {
+                    listening.insert(cols[9].to_string(), port);
+                }
             }
         }
     }
-    None
+    sockets
+        .iter()
+        .find_map(|(_, inode)| listening.get(inode).copied())
 }
 
 /// One HTTP/1.1 GET over a raw TCP connection; returns the status code and body.
