@@ -128,9 +128,10 @@ impl RoomAdmin for AdminService {
                 created.ok_or_else(|| Status::unavailable("could not generate a free room code"))?
             } else {
                 let room = Room::new(&req.code, players, settings).map_err(status_of)?;
-                self.app.registry.create(room).map_err(|_| {
-                    Status::already_exists(format!("room {} already exists", req.code))
-                })?
+                self.app
+                    .registry
+                    .create(room)
+                    .map_err(|why| Status::already_exists(why.message))?
             };
             let room = self.info(&handle).await?;
             Ok(Response::new(pb::CreateRoomResponse { room: Some(room) }))

@@ -1617,12 +1617,20 @@ async fn close_room_disconnects_everyone_with_4000_and_forgets_the_room() {
         "",
     );
 
-    // The code is free again; an empty reason is "room closed".
-    create(&mut admin, "BYE", "host").await;
-    let (mut again, _) = join(&s, &mut admin, "BYE", "host").await;
+    // A closed room's code is retired (one code, one history in the store).
+    assert_status(
+        admin
+            .create_room(create_req("BYE", Some(pb_player("host", 0, true))))
+            .await,
+        Code::AlreadyExists,
+        "room code BYE belonged to a closed room",
+    );
+    // An empty reason is "room closed".
+    create(&mut admin, "BYE2", "host").await;
+    let (mut again, _) = join(&s, &mut admin, "BYE2", "host").await;
     let closed = admin
         .close_room(pb::CloseRoomRequest {
-            room_code: "BYE".into(),
+            room_code: "BYE2".into(),
             reason: String::new(),
         })
         .await
