@@ -8,12 +8,13 @@ use karaoke_realtime::auth::{TokenKeys, now_secs};
 use serde_json::{Value, json};
 use std::process::ExitCode;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 const USAGE: &str = "usage: karaoke-admin [--addr URL] [--token TOKEN] [--ca FILE] COMMAND
   --addr   admin plane address (env KARAOKE_ADMIN_ADDR; default http://127.0.0.1:50051)
   --token  admin bearer token (env ADMIN_TOKEN)
   --ca     CA certificate (PEM) when the admin plane uses TLS (https:// address)
+  --cert, --key  client certificate and key (PEM) when the admin plane requires one
 commands:
   create-room [--code CODE] [--host ID:NAME] [--phase-duration SECONDS] [--auto-advance]
   list-rooms [--page-size N] [--page-token CODE]
@@ -220,9 +221,24 @@ async fn connect(args: &Args) -> Result<RoomAdminClient<Channel>, Failure> {
     let mut endpoint =
         Channel::from_shared(addr.clone()).map_err(|e| Failure::Usage(format!("--addr: {e}")))?;
     if let Some(ca) = args.flag("--ca") {
-        let pem = std::fs::read(ca).map_err(|e| Failure::Usage(format!("--ca {ca}: {e}")))?;
+        let read = |flag: &str, path: &str| {
+            std::fs::read(path).map_err(|e| Failure::Usage(format!("{flag} {path}: {e}")))
+        };
+        let mut tls =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("--ca", ca)?));
+        // A client certificate, for an admin plane that requires one (mTLS).
+        match (args.flag("--cert"), args.flag("--key")) {
+            (Some(cert), Some(key)) => {
+                tls = tls.identity(Identity::from_pem(
+                    read("--cert", cert)?,
+                    read("--key", key)?,
+                ));
+            }
+            (None, None) => {}
+            _ => return Err(Failure::Usage("--cert and --key go together".into())),
+        }
         endpoint = endpoint
-            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+            .tls_config(tls)
             .map_err(|e| Failure::Usage(format!("--ca: {e}")))?;
     }
     let channel = endpoint

@@ -29,14 +29,6 @@ pub fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {problem}"))
 }
 
-/// Re-labels a validation rejection with the request's field name.
-fn in_field(field: &str, why: Rejection) -> Status {
-    match why.code {
-        ErrorCode::InvalidPayload => invalid(field, why.message),
-        _ => status_of(why),
-    }
-}
-
 /// A room code given by a caller: 1..32 of A-Z a-z 0-9 - _.
 pub fn room_code(field: &str, code: &str) -> Result<(), Status> {
     if code.is_empty() || code.len() > limits::ROOM_CODE_MAX {
@@ -58,7 +50,8 @@ pub fn room_code(field: &str, code: &str) -> Result<(), Status> {
 }
 
 pub fn id(field: &str, value: &str) -> Result<(), Status> {
-    check_id(field, value, limits::ID_MAX).map_err(|why| in_field(field, why))
+    // check_id's messages already start with the field name.
+    check_id(field, value, limits::ID_MAX).map_err(status_of)
 }
 
 pub fn status_to_pb(status: GameStatus) -> pb::GameStatus {

@@ -53,17 +53,7 @@ pub async fn serve(
     health
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &app.config.admin_tls {
-        let mut config = tonic::transport::ServerTlsConfig::new().identity(
-            tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem.0),
-        );
-        if let Some(ca) = &tls.client_ca_pem {
-            config = config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
-        }
-        builder = builder.tls_config(config)?;
-    }
-    builder
+    server_builder(&app.config)?
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -74,6 +64,25 @@ pub async fn serve(
         )
         .await?;
     Ok(())
+}
+
+/// The transport, with TLS when configured. Building it parses the certificates, so
+/// start-up calls it too: a bad certificate stops the server instead of leaving the
+/// admin plane silently down.
+pub fn server_builder(
+    config: &crate::config::Config,
+) -> Result<tonic::transport::Server, tonic::transport::Error> {
+    let builder = tonic::transport::Server::builder();
+    let Some(tls) = &config.admin_tls else {
+        return Ok(builder);
+    };
+    let mut tls_config = tonic::transport::ServerTlsConfig::new().identity(
+        tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem.0),
+    );
+    if let Some(ca) = &tls.client_ca_pem {
+        tls_config = tls_config.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+    }
+    builder.tls_config(tls_config)
 }
 
 /// Marks the admin plane not serving (shutdown has begun).

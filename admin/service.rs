@@ -137,7 +137,16 @@ impl RoomAdmin for AdminService {
             Ok(Response::new(pb::CreateRoomResponse { room: Some(room) }))
         }
         .await;
-        logged("CreateRoom", &code_hint, result)
+        let code = match &result {
+            Ok(response) => response
+                .get_ref()
+                .room
+                .as_ref()
+                .map(|r| r.code.clone())
+                .unwrap_or(code_hint),
+            Err(_) => code_hint,
+        };
+        logged("CreateRoom", &code, result)
     }
 
     async fn get_room(

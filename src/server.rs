@@ -56,10 +56,13 @@ pub enum StartError {
     Listen(#[from] std::io::Error),
     #[error("{0}")]
     Store(#[from] StoreError),
+    #[error("admin plane TLS: {0}")]
+    AdminTls(#[from] tonic::transport::Error),
 }
 
 /// Binds both ports, opens the store (migrations, restored rooms), starts serving.
 pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
+    crate::admin::server_builder(&config)?;
     let (listener, admin_listener) = bind(&config).await?;
     let store = open_store(&config).await?;
     Ok(serve(listener, admin_listener, config, store))

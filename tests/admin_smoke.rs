@@ -57,3 +57,19 @@ async fn backend_flow_creates_a_game_players_can_join() {
     assert_eq!(joined["player"]["id"], "p2");
     c.expect("room_state").await;
 }
+
+#[tokio::test]
+async fn a_bad_admin_certificate_stops_start_up() {
+    use karaoke_realtime::config::{AdminTls, Config, Secret};
+    let mut config = Config::for_tests(SECRET);
+    config.admin_tls = Some(AdminTls {
+        cert_pem: b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n".to_vec(),
+        key_pem: Secret(b"not a key".to_vec()),
+        client_ca_pem: None,
+    });
+    let err = match karaoke_realtime::server::start(config).await {
+        Ok(_) => panic!("a server with an unusable certificate must not start"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.starts_with("admin plane TLS"), "{err}");
+}
