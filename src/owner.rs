@@ -191,7 +191,7 @@ pub fn spawn(room: Room, ctx: Arc<RoomContext>, saved: bool) -> RoomHandle {
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let code: Arc<str> = room.code().into();
     let owner = Owner {
-        checkpointed: saved.then(|| room.version()),
+        checkpointed: saved.then(|| saved_state(&room)),
         room,
         members: Vec::new(),
         watchers: Vec::new(),
@@ -202,13 +202,21 @@ pub fn spawn(room: Room, ctx: Arc<RoomContext>, saved: bool) -> RoomHandle {
     RoomHandle { code, tx }
 }
 
+/// What tells one saved state of a room from another: its version, and the
+/// presentation on screen, which changes without a version bump.
+type SavedState = (u64, Option<crate::protocol::Presentation>);
+
+fn saved_state(room: &Room) -> SavedState {
+    (room.version(), room.snapshot().presentation)
+}
+
 struct Owner {
     room: Room,
     members: Vec<Member>,
     /// Admin-plane watchers of this room's events.
     watchers: Vec<Outbox>,
-    /// The version last offered to observers as a checkpoint.
-    checkpointed: Option<u64>,
+    /// What the last checkpoint offered to observers held (see `saved_state`).
+    checkpointed: Option<SavedState>,
     /// (version, frame) of the last changes, oldest first, for `lastVersion` resume.
     history: VecDeque<(u64, Frame)>,
     ctx: Arc<RoomContext>,
@@ -304,11 +312,11 @@ impl Owner {
 
     /// Offers the room's whole state to observers if it changed since the last time.
     fn checkpoint(&mut self, closed: bool) {
-        let version = self.room.version();
-        if self.checkpointed == Some(version) && !closed {
+        let state = saved_state(&self.room);
+        if self.checkpointed == Some(state) && !closed {
             return;
         }
-        self.checkpointed = Some(version);
+        self.checkpointed = Some(state);
         for o in self.ctx.observers.iter() {
             o.checkpoint(&self.room, closed);
         }

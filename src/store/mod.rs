@@ -93,6 +93,21 @@ pub enum Store {
     Sqlite(SqlitePool),
 }
 
+/// The snapshots of a batch, keeping only the last one of each (room, version): a
+/// room closed, or whose presentation moved, since its last snapshot queues another
+/// row at the same version, and one statement may not write the same row twice
+/// (PostgreSQL refuses an `ON CONFLICT DO UPDATE` that affects a row twice).
+fn last_per_version(snapshots: &[SnapshotRow]) -> Vec<&SnapshotRow> {
+    let mut seen = std::collections::HashSet::new();
+    let mut kept: Vec<&SnapshotRow> = snapshots
+        .iter()
+        .rev()
+        .filter(|s| seen.insert((s.room_code.as_str(), s.version)))
+        .collect();
+    kept.reverse();
+    kept
+}
+
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -268,6 +283,7 @@ impl Store {
         events: &[EventRow],
         snapshots: &[SnapshotRow],
     ) -> Result<(), sqlx::Error> {
+        let snapshots = last_per_version(snapshots);
         match self {
             Store::Postgres(pool) => {
                 if !events.is_empty() {
@@ -337,7 +353,7 @@ impl Store {
                     let mut q = sqlx::QueryBuilder::new(
                         "INSERT INTO room_snapshots (room_code, version, snapshot, captured_at) ",
                     );
-                    q.push_values(snapshots, |mut b, s| {
+                    q.push_values(&snapshots, |mut b, s| {
                         b.push_bind(s.room_code.as_str())
                             .push_bind(to_i64(s.version))
                             .push_bind(s.snapshot.as_str())

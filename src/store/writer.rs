@@ -123,7 +123,11 @@ impl WriterHandle {
     /// left unwritten (0 unless the database stayed down).
     pub async fn finish(self, deadline: Duration) -> usize {
         self.stop.cancel();
-        let _ = tokio::time::timeout(deadline, self.task).await;
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(deadline, self.task).await.is_err() {
+            // The database stayed down: stop retrying, the process is exiting.
+            abort.abort();
+        }
         self.depth.load(Ordering::Acquire)
     }
 }
@@ -256,10 +260,14 @@ impl Writer {
     /// Writes the oldest pending rows (at most `batch_max`, events first); removes
     /// them only once the database has accepted them.
     async fn write_batch(&mut self) -> Result<usize, sqlx::Error> {
-        let events = self.events.make_contiguous();
-        let n_events = events.len().min(self.batch_max);
+        // A quarter of each batch is kept for snapshots, so a steady stream of
+        // events can never starve them.
         let snapshots = self.snapshots.make_contiguous();
-        let n_snapshots = snapshots.len().min(self.batch_max - n_events);
+        let n_snapshots = snapshots.len().min(self.batch_max / 4 + 1);
+        let events = self.events.make_contiguous();
+        let n_events = events
+            .len()
+            .min(self.batch_max.saturating_sub(n_snapshots).max(1));
         let started = std::time::Instant::now();
         self.store
             .write(&events[..n_events], &snapshots[..n_snapshots])

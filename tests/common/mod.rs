@@ -2,6 +2,9 @@
 //! WebSocket clients speaking to it over loopback.
 #![allow(dead_code)]
 
+pub mod db;
+pub mod proxy;
+
 use futures_util::{SinkExt, StreamExt};
 use karaoke_realtime::auth::{TokenKeys, now_secs};
 use karaoke_realtime::config::Config;

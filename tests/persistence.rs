@@ -1,0 +1,1258 @@
+//! Persistence against real databases: a fresh PostgreSQL database or SQLite file per
+//! test, the real server in-process, real WebSocket players and the real admin plane.
+//!
+//! What is checked is what lands in the tables (`room_events`, `room_snapshots`),
+//! read back with a pool of the test's own, and what a server started on those tables
+//! restores. The database outage is a real one: the server talks to PostgreSQL through
+//! a TCP proxy (`common::proxy`) that the test cuts and restores.
+//!
+//! Nothing sleeps to synchronize. Waiting for the writer (queue depth 0, a snapshot at
+//! a version) polls that condition every few milliseconds, bounded by `CATCH_UP`.
+
+mod common;
+
+use common::db::{fresh_postgres, fresh_sqlite};
+use common::proxy::Proxy;
+use common::*;
+use karaoke_realtime::admin::pb::{self, room_admin_client::RoomAdminClient};
+use karaoke_realtime::config::{Config, Database};
+use karaoke_realtime::observe::Origin;
+use karaoke_realtime::protocol::{ErrorCode, GameStatus, RoomSnapshot};
+use karaoke_realtime::room::{Action, Actor, Room, SettingsPatch, StoredRoom};
+use karaoke_realtime::server::{self, App, StartError};
+use karaoke_realtime::store::{EventPayload, StoreError};
+use serde_json::{Value, json};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+
+/// Longest wait for the writer to catch up (after an outage it retries with backoff
+/// of up to 5 s).
+const CATCH_UP: Duration = Duration::from_secs(30);
+
+// ---------------------------------------------------------------------------
+// Databases
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// A new, empty database of `backend`; returns its URL.
+async fn fresh(backend: Backend) -> String {
+    match backend {
+        Backend::Postgres => fresh_postgres().await.url,
+        Backend::Sqlite => fresh_sqlite().0,
+    }
+}
+
+fn database(url: &str) -> Database {
+    if url.starts_with("sqlite:") {
+        Database::Sqlite(url.to_string())
+    } else {
+        Database::Postgres(url.to_string())
+    }
+}
+
+/// A server on `url`, with test defaults and `adjust` applied on top.
+async fn server_on(url: &str, adjust: impl FnOnce(&mut Config)) -> TestServer {
+    let db = database(url);
+    spawn_with(move |c| {
+        c.database = db;
+        adjust(c);
+    })
+    .await
+}
+
+/// One `room_events` row as the test reads it.
+#[derive(Debug)]
+struct Event {
+    version: i64,
+    event_type: String,
+    payload: String,
+}
+
+/// The test's own view of the tables, through its own pool.
+enum Rows {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+impl Rows {
+    async fn open(url: &str) -> Rows {
+        if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url).expect("a SQLite URL");
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await
+                .expect("the test opens the SQLite file");
+            Rows::Sqlite(pool)
+        } else {
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .connect(url)
+                .await
+                .expect("the test connects to PostgreSQL");
+            Rows::Postgres(pool)
+        }
+    }
+
+    async fn events(&self, code: &str) -> Vec<Event> {
+        let rows: Vec<(i64, String, String)> = match self {
+            Rows::Postgres(pool) => sqlx::query_as(
+                "SELECT version, event_type, payload::text FROM room_events \
+                 WHERE room_code = $1 ORDER BY version",
+            )
+            .bind(code)
+            .fetch_all(pool)
+            .await
+            .expect("read events"),
+            Rows::Sqlite(pool) => sqlx::query_as(
+                "SELECT version, event_type, payload FROM room_events \
+                 WHERE room_code = $1 ORDER BY version",
+            )
+            .bind(code)
+            .fetch_all(pool)
+            .await
+            .expect("read events"),
+        };
+        rows.into_iter()
+            .map(|(version, event_type, payload)| Event {
+                version,
+                event_type,
+                payload,
+            })
+            .collect()
+    }
+
+    /// Every snapshot row of `code` as (version, JSON text), oldest first.
+    async fn snapshots(&self, code: &str) -> Vec<(i64, String)> {
+        match self {
+            Rows::Postgres(pool) => sqlx::query_as(
+                "SELECT version, snapshot::text FROM room_snapshots \
+                 WHERE room_code = $1 ORDER BY version",
+            )
+            .bind(code)
+            .fetch_all(pool)
+            .await
+            .expect("read snapshots"),
+            Rows::Sqlite(pool) => sqlx::query_as(
+                "SELECT version, snapshot FROM room_snapshots \
+                 WHERE room_code = $1 ORDER BY version",
+            )
+            .bind(code)
+            .fetch_all(pool)
+            .await
+            .expect("read snapshots"),
+        }
+    }
+
+    /// The latest snapshot row of `code`: (version, the stored room).
+    async fn latest(&self, code: &str) -> Option<(i64, StoredRoom)> {
+        let (version, json) = self.snapshots(code).await.pop()?;
+        let stored = serde_json::from_str(&json)
+            .unwrap_or_else(|e| panic!("snapshot {code}@{version} is a StoredRoom: {e}\n{json}"));
+        Some((version, stored))
+    }
+
+    async fn row_count(&self, code: &str) -> usize {
+        self.events(code).await.len() + self.snapshots(code).await.len()
+    }
+
+    async fn insert_event(&self, code: &str, version: i64, event_type: &str, payload: &str) {
+        match self {
+            Rows::Postgres(pool) => sqlx::query(
+                "INSERT INTO room_events (room_code, event_type, version, payload) \
+                 VALUES ($1, $2, $3, $4::jsonb)",
+            )
+            .bind(code)
+            .bind(event_type)
+            .bind(version)
+            .bind(payload)
+            .execute(pool)
+            .await
+            .map(drop),
+            Rows::Sqlite(pool) => sqlx::query(
+                "INSERT INTO room_events (room_code, event_type, version, payload, created_at) \
+                 VALUES ($1, $2, $3, $4, '2030-01-01T00:00:00.000Z')",
+            )
+            .bind(code)
+            .bind(event_type)
+            .bind(version)
+            .bind(payload)
+            .execute(pool)
+            .await
+            .map(drop),
+        }
+        .expect("insert an event row")
+    }
+
+    async fn insert_snapshot(&self, code: &str, version: i64, snapshot: &str) {
+        match self {
+            Rows::Postgres(pool) => sqlx::query(
+                "INSERT INTO room_snapshots (room_code, version, snapshot) \
+                 VALUES ($1, $2, $3::jsonb)",
+            )
+            .bind(code)
+            .bind(version)
+            .bind(snapshot)
+            .execute(pool)
+            .await
+            .map(drop),
+            Rows::Sqlite(pool) => sqlx::query(
+                "INSERT INTO room_snapshots (room_code, version, snapshot, captured_at) \
+                 VALUES ($1, $2, $3, '2030-01-01T00:00:00.000Z')",
+            )
+            .bind(code)
+            .bind(version)
+            .bind(snapshot)
+            .execute(pool)
+            .await
+            .map(drop),
+        }
+        .expect("insert a snapshot row")
+    }
+
+    /// Records a migration as sqlx does (`_sqlx_migrations`), as a newer server would.
+    async fn record_migration(&self, version: i64, description: &str) {
+        let sql = "INSERT INTO _sqlx_migrations \
+                   (version, description, success, checksum, execution_time) \
+                   VALUES ($1, $2, TRUE, $3, 1)";
+        let checksum = vec![0xAB_u8; 48];
+        match self {
+            Rows::Postgres(pool) => sqlx::query(sql)
+                .bind(version)
+                .bind(description)
+                .bind(checksum)
+                .execute(pool)
+                .await
+                .map(drop),
+            Rows::Sqlite(pool) => sqlx::query(sql)
+                .bind(version)
+                .bind(description)
+                .bind(checksum)
+                .execute(pool)
+                .await
+                .map(drop),
+        }
+        .expect("record a migration")
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Waiting and reading
+// ---------------------------------------------------------------------------
+
+/// Polls `check` until it holds, failing the test after `CATCH_UP`.
+async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + CATCH_UP;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn depth(app: &App) -> usize {
+    app.metrics.persist_queue_depth.load(Ordering::Acquire)
+}
+
+fn counter(app: &App, name: &str) -> u64 {
+    app.metrics
+        .counters
+        .read()
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("no counter {name}"))
+        .1
+}
+
+/// Waits until the writer has written everything queued and the latest snapshot of
+/// `code` is at `version`.
+async fn caught_up(s: &TestServer, rows: &Rows, code: &str, version: u64) {
+    let deadline = Instant::now() + CATCH_UP;
+    loop {
+        let queued = depth(&s.handle.app);
+        let latest = rows.latest(code).await.map(|(v, _)| v);
+        if queued == 0 && latest == Some(version as i64) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {code}@{version} to be written: \
+             {queued} rows queued, latest snapshot at {latest:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The version a frame carries (`room_state` and `hello_ack` carry it in the snapshot).
+fn version_of(frame: &Value) -> Option<u64> {
+    frame["version"]
+        .as_u64()
+        .or_else(|| frame["snapshot"]["version"].as_u64())
+}
+
+/// Reads `c` until a frame of `kind` at `version`; returns every frame read.
+async fn read_until(c: &mut Client, kind: &str, version: u64) -> Vec<Value> {
+    let mut frames = Vec::new();
+    loop {
+        let frame = c.recv().await;
+        let done = frame["type"] == kind && version_of(&frame) == Some(version);
+        frames.push(frame);
+        if done {
+            return frames;
+        }
+    }
+}
+
+async fn snapshot(s: &TestServer, code: &str) -> RoomSnapshot {
+    s.handle
+        .registry()
+        .get(code)
+        .expect("room is live")
+        .snapshot()
+        .await
+        .expect("room answers")
+}
+
+/// Joins with `lastVersion` (and an optional `initialSnapshot`); returns the reply.
+async fn join_with(
+    s: &TestServer,
+    code: &str,
+    player: &str,
+    last_version: Option<u64>,
+    seed: Option<Value>,
+) -> (Client, Value) {
+    let mut c = s.connect().await;
+    let mut msg = json!({"type":"join_room","roomCode":code,"playerId":player,
+                         "playerToken": s.token(code, player)});
+    if let Some(v) = last_version {
+        msg["lastVersion"] = v.into();
+    }
+    if let Some(seed) = seed {
+        msg["initialSnapshot"] = seed;
+    }
+    c.send(msg).await;
+    let reply = c.recv().await;
+    (c, reply)
+}
+
+fn without_presence(mut s: RoomSnapshot) -> RoomSnapshot {
+    for p in &mut s.players {
+        p.connected = false;
+    }
+    s
+}
+
+async fn admin(s: &TestServer) -> RoomAdminClient<tonic::transport::Channel> {
+    RoomAdminClient::connect(format!("http://127.0.0.1:{}", s.handle.admin_addr.port()))
+        .await
+        .expect("admin plane connects")
+}
+
+fn brief(code: &str, id: &str) -> pb::PublishEventRequest {
+    pb::PublishEventRequest {
+        room_code: code.into(),
+        event: Some(pb::publish_event_request::Event::BriefUpdated(
+            pb::BriefUpdated {
+                brief_id: id.into(),
+            },
+        )),
+    }
+}
+
+fn set_ready(code: &str, player: &str, ready: bool) -> Value {
+    json!({"type":"set_ready","roomCode":code,"playerId":player,"isReady":ready})
+}
+
+fn advance(code: &str) -> Value {
+    json!({"type":"advance_phase","roomCode":code,"playerId":"host"})
+}
+
+fn stroke(id: &str) -> Value {
+    json!({"op":"stroke","id":id,"color":"#123456","width":3,
+           "points":[{"x":0,"y":0},{"x":10,"y":5,"pressure":0.5}]})
+}
+
+fn text_op(id: &str, text: &str) -> Value {
+    json!({"op":"text","id":id,"text":text,"x":10,"y":20,"color":"#000","fontSize":24})
+}
+
+fn canvas(code: &str, adlob: &str, phase: &str, delta: Value) -> Value {
+    json!({"type":"submit_canvas_delta","roomCode":code,"adlobId":adlob,"phase":phase,"delta":delta})
+}
+
+/// Every event of `code` in the log must be there exactly once, versions 1..=`last`
+/// without a gap.
+async fn assert_log_is_complete(rows: &Rows, code: &str, last: u64) -> Vec<Event> {
+    let events = rows.events(code).await;
+    let versions: Vec<i64> = events.iter().map(|e| e.version).collect();
+    let expected: Vec<i64> = (1..=last as i64).collect();
+    assert_eq!(
+        versions, expected,
+        "{code}: the event log holds every version 1..={last} exactly once"
+    );
+    events
+}
+
+// ---------------------------------------------------------------------------
+// A whole game, then the rows (both backends)
+// ---------------------------------------------------------------------------
+
+/// Drives one game through every kind of change, from players' sockets and from the
+/// server (as the admin plane does), and returns the final version and, per version,
+/// the type of the frame that announced it to a watching socket.
+struct Game {
+    last: u64,
+    announced: BTreeMap<u64, String>,
+    /// The sockets still open: closing them would be changes (presence).
+    _sockets: Vec<Client>,
+}
+
+async fn play_whole_game(s: &TestServer, code: &str) -> Game {
+    let room = s.create_room(code, &["host", "p2", "p3"]);
+    // Not in the roster: joining changes nothing, and it sees every broadcast.
+    let (mut watcher, hello) = s.join(code, "watcher").await;
+    let mut v = version_of(&hello).expect("hello_ack has a version");
+    assert_eq!(v, 0);
+
+    // Presence: each roster join is a change.
+    let mut clients = Vec::new();
+    for id in ["host", "p2", "p3"] {
+        let (c, hello) = s.join(code, id).await;
+        v += 1;
+        assert_eq!(version_of(&hello), Some(v), "{id} joined at {v}");
+        clients.push(c);
+    }
+    let [mut host, mut p2, mut p3]: [Client; 3] = clients.try_into().ok().expect("3 clients");
+
+    async fn step(c: &mut Client, msg: Value, kind: &str, v: &mut u64) {
+        *v += 1;
+        c.send(msg).await;
+        read_until(c, kind, *v).await;
+    }
+    async fn by_server(room: &karaoke_realtime::owner::RoomHandle, action: Action, v: &mut u64) {
+        *v += 1;
+        let applied = room
+            .apply(Origin::Server, action)
+            .await
+            .expect("server action applies");
+        assert_eq!(applied.version, *v);
+    }
+
+    let patch = SettingsPatch {
+        product_category: Some("snacks".into()),
+        phase_duration_seconds: Some(90),
+        ..SettingsPatch::default()
+    };
+    by_server(&room, Action::UpdateSettings { patch }, &mut v).await;
+    step(&mut p2, set_ready(code, "p2", true), "ready_update", &mut v).await;
+    step(&mut p3, set_ready(code, "p3", true), "ready_update", &mut v).await;
+    step(
+        &mut host,
+        set_ready(code, "host", true),
+        "ready_update",
+        &mut v,
+    )
+    .await;
+    step(&mut host, advance(code), "status_changed", &mut v).await; // briefing
+    let brief = Action::BriefUpdated {
+        brief_id: "brief-1".into(),
+    };
+    by_server(&room, brief, &mut v).await;
+    step(&mut host, advance(code), "status_changed", &mut v).await; // creating/big_idea
+    let idea = |adlob: &str, text: &str| json!({"type":"submit_big_idea","roomCode":code,"adlobId":adlob,"text":text});
+    step(
+        &mut p2,
+        idea("ad-p2", "Crunch louder"),
+        "big_idea_submitted",
+        &mut v,
+    )
+    .await;
+    step(
+        &mut p3,
+        idea("ad-p3", "Snacks that sing"),
+        "big_idea_submitted",
+        &mut v,
+    )
+    .await;
+    step(&mut host, advance(code), "phase_changed", &mut v).await; // visual
+    let msg = canvas(code, "ad-p2", "visual", stroke("s1"));
+    step(&mut p2, msg, "canvas_delta", &mut v).await;
+    let msg = canvas(code, "ad-p3", "visual", stroke("s2"));
+    step(&mut p3, msg, "canvas_delta", &mut v).await;
+    let msg = canvas(code, "ad-p3", "visual", json!({"op":"remove","id":"s2"}));
+    step(&mut p3, msg, "canvas_delta", &mut v).await;
+    let content = Action::ContentSubmitted {
+        adlob_id: "ad-p2".into(),
+        phase: karaoke_realtime::protocol::CreationPhase::Visual,
+        player_id: "p2".into(),
+    };
+    by_server(&room, content, &mut v).await;
+    step(&mut host, advance(code), "phase_changed", &mut v).await; // headline
+    let msg = canvas(code, "ad-p2", "headline", text_op("t1", "Loud & proud"));
+    step(&mut p2, msg, "canvas_delta", &mut v).await;
+    step(&mut host, advance(code), "phase_changed", &mut v).await; // pitch
+    step(&mut host, advance(code), "status_changed", &mut v).await; // presenting
+    // A presentation change is broadcast but changes no version: not an event.
+    host.send(
+        json!({"type":"presentation_state","roomCode":code,"playerId":"host",
+                     "presentIndex":1,"showCampaign":true}),
+    )
+    .await;
+    read_until(&mut host, "presentation_state", v).await;
+    step(&mut host, advance(code), "status_changed", &mut v).await; // voting
+    let results = json!({"type":"set_status","roomCode":code,"playerId":"p2",
+                         "status":"results","currentPhase":null});
+    step(&mut p2, results, "status_changed", &mut v).await;
+    let p4 = player("p4", 3, false);
+    by_server(&room, Action::UpsertPlayer { player: p4 }, &mut v).await;
+    let remove = Action::RemovePlayer {
+        player_id: "p4".into(),
+    };
+    by_server(&room, remove, &mut v).await;
+    // p3's socket goes away: presence off is a change too.
+    p3.ws.close(None).await.expect("close p3");
+    v += 1;
+    read_until(&mut host, "player_left", v).await;
+    step(&mut host, advance(code), "status_changed", &mut v).await; // lobby
+    step(
+        &mut p2,
+        set_ready(code, "p2", false),
+        "ready_update",
+        &mut v,
+    )
+    .await;
+
+    // Every change as the watching socket saw it announced, by version.
+    let mut announced = BTreeMap::new();
+    for frame in read_until(&mut watcher, "ready_update", v).await {
+        if let Some(version) = version_of(&frame)
+            && frame["type"] != "presentation_state"
+        {
+            let kind = frame["type"].as_str().unwrap_or_default().to_string();
+            announced.entry(version).or_insert(kind);
+        }
+    }
+    assert_eq!(s.version(code).await, v);
+    Game {
+        last: v,
+        announced,
+        _sockets: vec![watcher, host, p2],
+    }
+}
+
+async fn whole_game_rows(backend: Backend) {
+    let url = fresh(backend).await;
+    let s = server_on(&url, |c| c.snapshot_interval = Duration::from_millis(50)).await;
+    let rows = Rows::open(&url).await;
+    let code = "GAME1";
+    let game = play_whole_game(&s, code).await;
+    let n = game.last;
+    caught_up(&s, &rows, code, n).await;
+
+    // Every event once, versions gap-free, each of the type the players were told.
+    let events = assert_log_is_complete(&rows, code, n).await;
+    for e in &events {
+        // How players are told of each kind of change.
+        let told_as = match e.event_type.as_str() {
+            "player_connected" => "room_state",
+            "player_removed" => "player_left",
+            other => other,
+        };
+        let announced = &game.announced[&(e.version as u64)];
+        assert_eq!(
+            announced, told_as,
+            "event {} is {}",
+            e.version, e.event_type
+        );
+    }
+    assert!(events.iter().all(|e| e.event_type != "presentation_state"));
+
+    // The latest snapshot is the room as it is in memory.
+    let (version, stored) = rows.latest(code).await.expect("a snapshot");
+    assert_eq!(version as u64, n);
+    let live = snapshot(&s, code).await;
+    assert_eq!(
+        stored.snapshot, live,
+        "stored snapshot equals the live room"
+    );
+    let info = s.handle.registry().get(code).unwrap().info().await.unwrap();
+    assert_eq!(stored.settings, info.settings);
+    assert_eq!(stored.brief_id.as_deref(), Some("brief-1"));
+    assert!(!stored.closed);
+    // Canvases and big ideas as a late joiner receives them.
+    let (_late, hello) = s.join(code, "late-watcher").await;
+    let stored_json = serde_json::to_value(&stored).unwrap();
+    assert_eq!(stored_json["bigIdeas"], hello["bigIdeas"]);
+    let canvases = hello["canvases"].as_object().expect("canvases");
+    assert_eq!(canvases.len(), 2);
+    for (adlob, c) in canvases {
+        assert_eq!(stored_json["canvases"][adlob]["ops"], c["ops"], "{adlob}");
+        assert_eq!(stored_json["canvases"][adlob]["version"], c["version"]);
+    }
+
+    // The log alone reproduces the room: the first snapshot plus every later event,
+    // replayed through the room's rules, is the latest snapshot exactly.
+    let snapshots = rows.snapshots(code).await;
+    let (first_version, first) = &snapshots[0];
+    let first: StoredRoom = serde_json::from_str(first).unwrap();
+    let mut replayed = Room::from_stored(first).expect("the first snapshot is a room");
+    assert_eq!(replayed.version(), *first_version as u64);
+    for e in events.iter().filter(|e| e.version > *first_version) {
+        let payload: EventPayload = serde_json::from_str(&e.payload)
+            .unwrap_or_else(|err| panic!("event {} payload: {err}", e.version));
+        let applied = replayed
+            .apply(&payload.actor, payload.action, payload.at)
+            .unwrap_or_else(|why| panic!("event {} replays: {why}", e.version));
+        assert_eq!(applied.version as i64, e.version);
+    }
+    let mut replayed = replayed.to_stored(false);
+    // Presentation is not an event (it changes no version): the snapshot carries it.
+    replayed.snapshot.presentation = stored.snapshot.presentation;
+    assert_eq!(
+        replayed, stored,
+        "replaying the log gives the latest snapshot"
+    );
+
+    let app = &s.handle.app;
+    assert_eq!(counter(app, "event_persist_success_total"), n);
+    assert_eq!(counter(app, "event_persist_failures_total"), 0);
+    assert!(counter(app, "snapshots_persisted_total") >= 2);
+    s.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_whole_game_on_postgres_leaves_every_event_once_and_the_room_in_the_snapshot() {
+    whole_game_rows(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_whole_game_on_sqlite_leaves_every_event_once_and_the_room_in_the_snapshot() {
+    whole_game_rows(Backend::Sqlite).await;
+}
+
+// ---------------------------------------------------------------------------
+// A real database outage while players play
+// ---------------------------------------------------------------------------
+
+fn postgres_addr() -> SocketAddr {
+    let url = common::db::postgres_admin_url();
+    let host_port = url
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("host:port in the PostgreSQL URL");
+    std::net::ToSocketAddrs::to_socket_addrs(host_port)
+        .expect("PostgreSQL address resolves")
+        .next()
+        .expect("an address")
+}
+
+#[tokio::test]
+async fn a_database_outage_loses_nothing_and_refuses_changes_at_the_queue_bound() {
+    const LIMIT: usize = 100;
+    let db = fresh_postgres().await;
+    let proxy = Proxy::start(postgres_addr()).await;
+    let via_proxy = format!("postgres://postgres@{}/{}", proxy.addr, db.name);
+    let configure = |c: &mut Config| {
+        c.persist_queue_limit = LIMIT;
+        c.snapshot_interval = Duration::from_millis(100);
+        // The test's own pace, not the rate limiter's, decides when the bound is hit.
+        c.rate_limit_per_sec = 1_000_000;
+        c.rate_limit_burst = 1_000_000;
+    };
+    let s = server_on(&via_proxy, configure).await;
+    let rows = Rows::open(&db.url).await;
+    let app = s.handle.app.clone();
+    let code = "OUT1";
+    let room = s.create_room(code, &["host", "p2", "p3"]);
+    let (mut host, _) = s.join(code, "host").await;
+    let (mut p2, _) = s.join(code, "p2").await;
+    let (mut p3, _) = s.join(code, "p3").await;
+    // Three players came online (versions 1..=3); one more change, and it is written.
+    let mut v = 4;
+    host.send(set_ready(code, "host", true)).await;
+    read_until(&mut host, "room_state", v).await;
+    caught_up(&s, &rows, code, v).await;
+    assert!(proxy.open_connections() > 0, "the server holds connections");
+
+    // The database goes away while the game goes on.
+    let killed = proxy.cut().await;
+    assert!(killed > 0, "the cut killed the server's open connections");
+    let mut ready = true;
+    let mut accepted_in_outage = 0;
+    let refusal = loop {
+        assert!(
+            accepted_in_outage <= LIMIT,
+            "the queue bound was never reached"
+        );
+        ready = !ready;
+        host.send(set_ready(code, "host", ready)).await;
+        let reply = host.recv().await;
+        if reply["type"] == "error" {
+            break reply;
+        }
+        v += 1;
+        assert_eq!(reply["type"], "ready_update", "{reply}");
+        assert_eq!(version_of(&reply), Some(v));
+        host.expect("room_state").await;
+        accepted_in_outage += 1;
+    };
+    assert_eq!(refusal["code"], "unavailable", "{refusal}");
+    assert!(accepted_in_outage > 0, "the game went on during the outage");
+    assert!(depth(&app) >= LIMIT, "refused only at the bound");
+    until("a failed write attempt is counted", async || {
+        counter(&app, "event_persist_failures_total") > 0
+    })
+    .await;
+    let at_bound = v;
+    assert_eq!(
+        s.version(code).await,
+        at_bound,
+        "the refused change was not made"
+    );
+
+    // At the bound every state change is refused, whoever asks, and nothing changes.
+    read_until(&mut p2, "room_state", at_bound).await;
+    p2.send(set_ready(code, "p2", true)).await;
+    p2.expect_error("unavailable").await;
+    let mut admin = admin(&s).await;
+    let status = admin
+        .publish_event(brief(code, "brief-x"))
+        .await
+        .expect_err("the admin call is refused");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("write queue is full"),
+        "{status:?}"
+    );
+    let patch = SettingsPatch {
+        product_category: Some("cars".into()),
+        ..SettingsPatch::default()
+    };
+    let why = room
+        .apply(Origin::Server, Action::UpdateSettings { patch })
+        .await
+        .expect_err("a server action is refused");
+    assert_eq!(why.code, ErrorCode::Unavailable);
+    assert_eq!(s.version(code).await, at_bound, "nothing changed");
+    assert!(counter(&app, "ready_update_failures_total") >= 2);
+
+    // A socket leaving cannot be refused: presence is still recorded past the bound.
+    // It is the next frame the others get: nothing was broadcast for the refusals.
+    p3.ws.close(None).await.expect("close p3");
+    v += 1;
+    let left = host.recv().await;
+    assert_eq!(left["type"], "player_left", "{left}");
+    assert_eq!(version_of(&left), Some(v));
+    host.expect("room_state").await;
+    let left = p2.recv().await;
+    assert_eq!(left["type"], "player_left", "{left}");
+
+    // The database comes back: everything queued lands, exactly once.
+    proxy.restore();
+    until("the queue drains after the outage", async || {
+        depth(&app) == 0
+    })
+    .await;
+    v += 1;
+    host.send(set_ready(code, "host", !ready)).await;
+    let reply = host.recv().await;
+    assert_eq!(
+        reply["type"], "ready_update",
+        "changes are accepted again: {reply}"
+    );
+    assert_eq!(version_of(&reply), Some(v));
+    caught_up(&s, &rows, code, v).await;
+    let events = assert_log_is_complete(&rows, code, v).await;
+    assert_eq!(events[at_bound as usize].event_type, "player_left");
+    assert_eq!(
+        counter(&app, "event_persist_success_total"),
+        v,
+        "each event row was written once"
+    );
+    let (_, stored) = rows.latest(code).await.expect("a snapshot");
+    let live = snapshot(&s, code).await;
+    assert_eq!(stored.snapshot, live);
+
+    // And a server started on those rows has the room exactly as it was.
+    s.handle.shutdown().await;
+    let s = server_on(&via_proxy, configure).await;
+    let restored = snapshot(&s, code).await;
+    assert_eq!(restored, without_presence(live));
+    s.handle.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Graceful shutdown, then a new server on the same database
+// ---------------------------------------------------------------------------
+
+async fn shutdown_writes_everything(backend: Backend) {
+    let url = fresh(backend).await;
+    // Neither the snapshot interval nor the batch window comes round during the test:
+    // whatever reaches the database is written by the shutdown itself.
+    let configure = |c: &mut Config| {
+        c.snapshot_interval = Duration::from_secs(3600);
+        c.persist_flush_interval = Duration::from_secs(3600);
+    };
+    let s = server_on(&url, configure).await;
+    let rows = Rows::open(&url).await;
+    let code = "STOP1";
+    s.create_room(code, &["host", "p2"]);
+    let (mut host, _) = s.join(code, "host").await;
+    let (mut p2, _) = s.join(code, "p2").await;
+    let mut v = 2;
+    for (c, id) in [(&mut p2, "p2"), (&mut host, "host")] {
+        v += 1;
+        c.send(set_ready(code, id, true)).await;
+        read_until(c, "ready_update", v).await;
+    }
+    v += 1;
+    host.send(advance(code)).await;
+    read_until(&mut host, "status_changed", v).await;
+    v += 1;
+    host.send(advance(code)).await;
+    read_until(&mut host, "status_changed", v).await;
+    v += 1;
+    let msg = canvas(code, "ad-p2", "big_idea", stroke("s1"));
+    p2.send(msg).await;
+    read_until(&mut p2, "canvas_delta", v).await;
+    let before = snapshot(&s, code).await;
+    assert_eq!(before.version, v);
+    assert_eq!(
+        rows.row_count(code).await,
+        0,
+        "nothing written before shutdown"
+    );
+
+    let app = s.handle.app.clone();
+    s.handle.shutdown().await;
+    // Sockets closed with 1012 and their leaving changed nothing.
+    let close = host.expect_close().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 1012);
+
+    assert_log_is_complete(&rows, code, v).await;
+    let (version, stored) = rows.latest(code).await.expect("a final snapshot");
+    assert_eq!(
+        version as u64, v,
+        "the final snapshot is at the last version"
+    );
+    assert_eq!(stored.snapshot, before);
+    assert!(!stored.closed);
+    assert_eq!(counter(&app, "event_persist_success_total"), v);
+    assert_eq!(depth(&app), 0);
+
+    // A new server restores the room at that version.
+    let s = server_on(&url, configure).await;
+    assert_eq!(snapshot(&s, code).await, without_presence(before.clone()));
+    // A socket outside the roster sees exactly the version the players last saw.
+    let (_watcher, hello) = join_with(&s, code, "watcher", Some(v), None).await;
+    assert_eq!(hello["type"], "hello_ack", "{hello}");
+    assert_eq!(version_of(&hello), Some(v));
+    assert_eq!(hello["recovered"], true);
+    assert_eq!(
+        hello["canvases"]["ad-p2"]["ops"][0]["id"], "s1",
+        "the canvas came back"
+    );
+    // A player coming back online is itself a change (presence): it resumes from
+    // what it saw and receives that one change after hello_ack.
+    let (mut p2, hello) = join_with(&s, code, "p2", Some(v), None).await;
+    assert_eq!(hello["type"], "hello_ack", "{hello}");
+    assert_eq!(hello["recovered"], true);
+    assert_eq!(version_of(&hello), Some(v + 1));
+    let missed = p2.recv().await;
+    assert_eq!(missed["type"], "room_state", "{missed}");
+    assert_eq!(version_of(&missed), Some(v + 1));
+    s.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_on_postgres_writes_everything_and_a_new_server_resumes_the_room() {
+    shutdown_writes_everything(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_on_sqlite_writes_everything_and_a_new_server_resumes_the_room() {
+    shutdown_writes_everything(Backend::Sqlite).await;
+}
+
+// ---------------------------------------------------------------------------
+// The store wins over a client's seed
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_restored_room_ignores_a_clients_initial_snapshot() {
+    let url = fresh(Backend::Postgres).await;
+    let seeded = |c: &mut Config| c.allow_client_seeded_rooms = true;
+    let s = server_on(&url, seeded).await;
+    let code = "SEED1";
+    s.create_room(code, &["host", "p2"]);
+    let (mut host, _) = s.join(code, "host").await;
+    host.send(advance(code)).await;
+    read_until(&mut host, "status_changed", 2).await;
+    let before = snapshot(&s, code).await;
+    s.handle.shutdown().await;
+
+    let s = server_on(&url, seeded).await;
+    let rows = Rows::open(&url).await;
+    let seed = json!({
+        "id": "forged-id", "code": code, "status": "results", "currentPhase": null,
+        "phaseStartTime": null, "version": 999,
+        "players": [
+            {"id":"p2","name":"Me","emoji":"x","isReady":true,"isHost":true,"seatIndex":0},
+            {"id":"intruder","name":"Who","emoji":"y","isReady":true,"isHost":false,"seatIndex":1}
+        ]
+    });
+    let (_p2, hello) = join_with(&s, code, "p2", None, Some(seed)).await;
+    assert_eq!(hello["type"], "hello_ack", "{hello}");
+    let got: RoomSnapshot = serde_json::from_value(hello["snapshot"].clone()).unwrap();
+    assert_eq!(got.id, before.id, "the stored room, not the seed");
+    assert_eq!(got.status, GameStatus::Briefing);
+    assert_eq!(got.version, before.version + 1, "p2 coming online");
+    let ids: Vec<&str> = got.players.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, ["host", "p2"]);
+    assert!(got.players[0].is_host && !got.players[1].is_host);
+    assert_eq!(snapshot(&s, code).await, got);
+    let app = s.handle.app.clone();
+    s.handle.shutdown().await;
+    assert_eq!(depth(&app), 0);
+    let (_, stored) = rows.latest(code).await.expect("snapshot");
+    assert_eq!(stored.snapshot.id, before.id);
+    assert_eq!(stored.snapshot.version, before.version + 1);
+}
+
+// ---------------------------------------------------------------------------
+// Closed rooms
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_closed_room_is_stored_closed_and_not_restored() {
+    let url = fresh(Backend::Postgres).await;
+    let s = server_on(&url, |_| {}).await;
+    let rows = Rows::open(&url).await;
+    let (closed, open) = ("CLOSE1", "OPEN1");
+    s.create_room(closed, &["host"]);
+    s.create_room(open, &["host"]);
+    let (mut host, _) = s.join(closed, "host").await;
+    host.send(set_ready(closed, "host", true)).await;
+    read_until(&mut host, "ready_update", 2).await;
+
+    let mut admin = admin(&s).await;
+    let final_version = admin
+        .close_room(pb::CloseRoomRequest {
+            room_code: closed.into(),
+            reason: "game over".into(),
+        })
+        .await
+        .expect("CloseRoom")
+        .into_inner()
+        .final_version;
+    assert_eq!(final_version, 2);
+    let frame = host.expect_close().await.expect("a close frame");
+    assert_eq!(u16::from(frame.code), 4000);
+    caught_up(&s, &rows, closed, final_version).await;
+    let (_, stored) = rows.latest(closed).await.unwrap();
+    assert!(stored.closed, "the final snapshot says closed");
+    assert_eq!(stored.snapshot.version, final_version);
+    assert_log_is_complete(&rows, closed, final_version).await;
+    s.handle.shutdown().await;
+
+    let s = server_on(&url, |c| c.allow_client_seeded_rooms = true).await;
+    assert!(s.handle.registry().get(closed).is_none(), "not restored");
+    assert!(s.handle.registry().get(open).is_some(), "open rooms are");
+    let (_c, reply) = join_with(&s, closed, "host", None, None).await;
+    assert_eq!(reply["type"], "error");
+    assert_eq!(reply["code"], "room_not_found", "{reply}");
+    // Not even a client's seed brings the code back: one code, one history.
+    let seed = json!({"id":"x","code":closed,"status":"lobby","currentPhase":null,
+                      "phaseStartTime":null,"version":0,"players":[]});
+    let (_c, reply) = join_with(&s, closed, "host", None, Some(seed)).await;
+    assert_eq!(reply["code"], "room_not_found", "{reply}");
+    let room = Room::new(closed, vec![player("host", 0, true)], Default::default()).unwrap();
+    assert!(
+        s.handle.registry().create(room).is_err(),
+        "the code is retired"
+    );
+    s.handle.shutdown().await;
+    let (version, stored) = rows.latest(closed).await.unwrap();
+    assert_eq!(
+        version as u64, final_version,
+        "the rows are kept as they were"
+    );
+    assert!(stored.closed);
+}
+
+// ---------------------------------------------------------------------------
+// Bad rows and a newer schema at start-up
+// ---------------------------------------------------------------------------
+
+fn payload(actor: Actor, action: Action) -> String {
+    serde_json::to_string(&EventPayload {
+        actor,
+        at: OffsetDateTime::now_utc(),
+        action,
+    })
+    .unwrap()
+}
+
+async fn malformed_rows_are_reported(backend: Backend) {
+    let url = fresh(backend).await;
+    let s = server_on(&url, |_| {}).await;
+    let bad = [
+        "BADSNAP", "NEWFMT", "BADEVENT", "BADJSON", "GAP", "MISMATCH",
+    ];
+    let good = ["GOOD1", "GOOD2"];
+    for code in bad.iter().chain(&good) {
+        let room = s.create_room(code, &["host", "p2"]);
+        let patch = SettingsPatch {
+            product_category: Some(format!("for {code}")),
+            ..SettingsPatch::default()
+        };
+        room.apply(Origin::Server, Action::UpdateSettings { patch })
+            .await
+            .expect("applies");
+    }
+    let mut good_before = Vec::new();
+    for code in good {
+        good_before.push(snapshot(&s, code).await);
+    }
+    s.handle.shutdown().await;
+
+    // Every room is at version 1, with its snapshot at 1. Now spoil some of them.
+    let rows = Rows::open(&url).await;
+    let (_, valid) = rows.latest("NEWFMT").await.unwrap();
+    rows.insert_snapshot("BADSNAP", 2, r#"{"format":1,"nonsense":true}"#)
+        .await;
+    let mut newer = serde_json::to_value(&valid).unwrap();
+    newer["format"] = 2.into();
+    newer["snapshot"]["version"] = 2.into();
+    rows.insert_snapshot("NEWFMT", 2, &newer.to_string()).await;
+    let ghost = payload(
+        Actor::Player("ghost".into()),
+        Action::SetReady { is_ready: true },
+    );
+    rows.insert_event("BADEVENT", 2, "ready_update", &ghost)
+        .await;
+    rows.insert_event(
+        "BADJSON",
+        2,
+        "status_changed",
+        r#"{"actor":"server","at":"yesterday"}"#,
+    )
+    .await;
+    let ready = payload(
+        Actor::Player("p2".into()),
+        Action::SetReady { is_ready: true },
+    );
+    rows.insert_event("GAP", 3, "ready_update", &ready).await;
+    let (_, mismatch) = rows.latest("MISMATCH").await.unwrap();
+    rows.insert_snapshot("MISMATCH", 5, &serde_json::to_string(&mismatch).unwrap())
+        .await;
+    let mut counts = Vec::new();
+    for code in bad {
+        counts.push(rows.row_count(code).await);
+    }
+
+    // The store reports each bad room with a clear reason and loads the others.
+    let mut config = Config::for_tests(SECRET);
+    config.database = database(&url);
+    let (store, loaded) = server::open_store(&config)
+        .await
+        .expect("start-up survives bad rows")
+        .expect("a store");
+    drop(store);
+    let mut restored: Vec<(&str, u64)> = loaded
+        .rooms
+        .iter()
+        .map(|r| (r.code(), r.version()))
+        .collect();
+    restored.sort();
+    assert_eq!(restored, [("GOOD1", 1), ("GOOD2", 1)]);
+    let reasons: BTreeMap<&str, (u64, &str)> = loaded
+        .failures
+        .iter()
+        .map(|f| (f.room_code.as_str(), (f.version, f.reason.as_str())))
+        .collect();
+    let expect = [
+        (
+            "BADSNAP",
+            2,
+            "snapshot is not a room: missing field `snapshot`",
+        ),
+        (
+            "NEWFMT",
+            2,
+            "snapshot is invalid: stored with format 2 by a newer server",
+        ),
+        (
+            "BADEVENT",
+            1,
+            "event 2 does not apply: player is not in this room's roster",
+        ),
+        ("BADJSON", 1, "event 2 is malformed"),
+        ("GAP", 1, "event log has a gap: expected version 2, found 3"),
+        (
+            "MISMATCH",
+            5,
+            "snapshot row says MISMATCH@5 but holds MISMATCH@1",
+        ),
+    ];
+    assert_eq!(reasons.len(), expect.len(), "{reasons:#?}");
+    for (code, version, reason) in expect {
+        let (v, r) = reasons[code];
+        assert_eq!(v, version, "{code}: {r}");
+        assert!(r.contains(reason), "{code}: {r:?} should say {reason:?}");
+    }
+
+    // A running server on that database serves the good rooms and not the bad ones,
+    // and even a client's seed cannot put a new room over a bad room's rows.
+    let s = server_on(&url, |c| c.allow_client_seeded_rooms = true).await;
+    let mut live = s.handle.registry().codes();
+    live.sort();
+    assert_eq!(live, good);
+    for (code, before) in good.iter().zip(good_before) {
+        assert_eq!(snapshot(&s, code).await, before);
+        let (_c, hello) = s.join(code, "p2").await;
+        assert_eq!(version_of(&hello), Some(2));
+    }
+    let seed = json!({"id":"x","code":"BADSNAP","status":"lobby","currentPhase":null,
+                      "phaseStartTime":null,"version":0,"players":[]});
+    let (_c, reply) = join_with(&s, "BADSNAP", "host", None, Some(seed)).await;
+    assert_eq!(reply["code"], "room_not_found", "{reply}");
+    s.handle.shutdown().await;
+    // The bad rooms' rows are left as they were, for inspection.
+    for (code, count) in bad.iter().zip(counts) {
+        assert_eq!(rows.row_count(code).await, count, "{code}");
+    }
+}
+
+#[tokio::test]
+async fn malformed_rows_on_postgres_are_reported_and_the_other_rooms_restored() {
+    malformed_rows_are_reported(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn malformed_rows_on_sqlite_are_reported_and_the_other_rooms_restored() {
+    malformed_rows_are_reported(Backend::Sqlite).await;
+}
+
+async fn newer_schema_stops_start_up(backend: Backend) {
+    let url = fresh(backend).await;
+    server_on(&url, |_| {}).await.handle.shutdown().await;
+    let rows = Rows::open(&url).await;
+    rows.record_migration(2, "from a newer server").await;
+
+    let mut config = Config::for_tests(SECRET);
+    config.database = database(&url);
+    let err = match server::start(config).await {
+        Ok(_) => panic!("a server must not start on a newer schema"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(err, StartError::Store(StoreError::SchemaTooNew(2))),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains(
+            "the database schema is newer than this server (migration 2 is unknown to it)"
+        ),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_newer_schema_on_postgres_stops_start_up() {
+    newer_schema_stops_start_up(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn a_newer_schema_on_sqlite_stops_start_up() {
+    newer_schema_stops_start_up(Backend::Sqlite).await;
+}
+
+/// A room's periodic snapshot and its closing snapshot can be at the same version
+/// (nothing changed in between) and wait in the same batch, here because the database
+/// was away: both must land, the closed one last, and the writer must go on.
+#[tokio::test]
+async fn a_room_closed_during_an_outage_is_stored_closed_when_the_database_returns() {
+    let db = fresh_postgres().await;
+    let proxy = Proxy::start(postgres_addr()).await;
+    let via_proxy = format!("postgres://postgres@{}/{}", proxy.addr, db.name);
+    let s = server_on(&via_proxy, |_| {}).await;
+    let rows = Rows::open(&db.url).await;
+    let app = s.handle.app.clone();
+
+    proxy.cut().await;
+    let code = "GONE1";
+    let room = s.create_room(code, &["host"]);
+    // The new room's first snapshot (version 0) is queued.
+    until("the first snapshot is queued", async || depth(&app) == 1).await;
+    let last = room.close("closed".into()).await.expect("closes");
+    s.handle.registry().remove(code);
+    assert_eq!(last.version, 0);
+    assert_eq!(depth(&app), 2, "the closing snapshot is queued too");
+
+    proxy.restore();
+    until("the queue drains after the outage", async || {
+        depth(&app) == 0
+    })
+    .await;
+    let snapshots = rows.snapshots(code).await;
+    assert_eq!(snapshots.len(), 1, "one row per version");
+    let (_, stored) = rows.latest(code).await.unwrap();
+    assert!(stored.closed, "the closing snapshot is the one kept");
+    // And the writer goes on with other rooms.
+    s.create_room("NEXT1", &["host"]);
+    caught_up(&s, &rows, "NEXT1", 0).await;
+    s.handle.shutdown().await;
+}
+
+/// `presentation_state` changes no version, yet the snapshot carries it so that a
+/// client (re)joining while presenting knows which campaign is on screen. A graceful
+/// stop loses nothing, this included, even when the room's version was already saved.
+#[tokio::test]
+async fn graceful_shutdown_keeps_the_campaign_on_screen() {
+    let url = fresh(Backend::Postgres).await;
+    let configure = |c: &mut Config| c.snapshot_interval = Duration::from_millis(20);
+    let s = server_on(&url, configure).await;
+    let rows = Rows::open(&url).await;
+    let code = "SHOW1";
+    let room = s.create_room(code, &["host"]);
+    let force = Action::Force {
+        status: GameStatus::Presenting,
+        phase: None,
+        start_time: None,
+    };
+    room.apply(Origin::Server, force).await.expect("presenting");
+    let (mut host, hello) = s.join(code, "host").await;
+    let v = version_of(&hello).expect("a version");
+    // The room at this version is saved before the presentation moves on.
+    caught_up(&s, &rows, code, v).await;
+    host.send(
+        json!({"type":"presentation_state","roomCode":code,"playerId":"host",
+                     "presentIndex":2,"showCampaign":true}),
+    )
+    .await;
+    read_until(&mut host, "presentation_state", v).await;
+    s.handle.shutdown().await;
+
+    let s = server_on(&url, configure).await;
+    let restored = snapshot(&s, code).await;
+    assert_eq!(restored.version, v);
+    let on_screen = restored.presentation.expect("the presentation came back");
+    assert_eq!(
+        (on_screen.present_index, on_screen.show_campaign),
+        (2, true)
+    );
+    s.handle.shutdown().await;
+}
