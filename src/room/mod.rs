@@ -529,22 +529,11 @@ impl Room {
             } => {
                 let id = self.acting_player(actor)?;
                 self.require_roster(actor)?;
-                if self.snapshot.status != GameStatus::Creating
-                    || self.snapshot.current_phase != Some(phase)
-                {
-                    return Err(Rejection::new(
-                        ErrorCode::InvalidTransition,
-                        "canvas deltas are accepted only in the running creation phase",
-                    ));
-                }
-                if !self.canvases.contains_key(&adlob_id)
-                    && self.canvases.len() >= canvas::MAX_CANVASES
-                {
-                    return Err(Rejection::new(
-                        ErrorCode::InvalidPayload,
-                        format!("a room holds at most {} canvases", canvas::MAX_CANVASES),
-                    ));
-                }
+                self.require_phase(
+                    phase,
+                    "canvas deltas are accepted only in the running creation phase",
+                )?;
+                require_room_for(&self.canvases, &adlob_id, "canvases")?;
                 let next = self.snapshot.version + 1;
                 // A new canvas is inserted only once its first op applied, so a
                 // rejected op (e.g. `remove` on an empty canvas) leaves no trace.
@@ -566,22 +555,11 @@ impl Room {
             Action::BigIdea { adlob_id, text } => {
                 let id = self.acting_player(actor)?;
                 self.require_roster(actor)?;
-                if self.snapshot.status != GameStatus::Creating
-                    || self.snapshot.current_phase != Some(CreationPhase::BigIdea)
-                {
-                    return Err(Rejection::new(
-                        ErrorCode::InvalidTransition,
-                        "big ideas are accepted only in the big_idea phase",
-                    ));
-                }
-                if !self.big_ideas.contains_key(&adlob_id)
-                    && self.big_ideas.len() >= canvas::MAX_CANVASES
-                {
-                    return Err(Rejection::new(
-                        ErrorCode::InvalidPayload,
-                        "too many big ideas in this room",
-                    ));
-                }
+                self.require_phase(
+                    CreationPhase::BigIdea,
+                    "big ideas are accepted only in the big_idea phase",
+                )?;
+                require_room_for(&self.big_ideas, &adlob_id, "big ideas")?;
                 self.big_ideas.insert(
                     adlob_id.clone(),
                     BigIdea {
@@ -719,6 +697,17 @@ impl Room {
         }
     }
 
+    /// The room must be creating, in `phase`.
+    fn require_phase(&self, phase: CreationPhase, refusal: &str) -> Result<(), Rejection> {
+        if self.snapshot.status == GameStatus::Creating
+            && self.snapshot.current_phase == Some(phase)
+        {
+            Ok(())
+        } else {
+            Err(Rejection::new(ErrorCode::InvalidTransition, refusal))
+        }
+    }
+
     fn require_host(&self, actor: &Actor) -> Result<(), Rejection> {
         match self.require_roster(actor)? {
             Some(p) if !p.is_host => Err(Rejection::new(
@@ -783,6 +772,22 @@ pub fn check_settings(patch: &SettingsPatch) -> Result<(), Rejection> {
         ));
     }
     Ok(())
+}
+
+/// A new adlob entry in `map` must fit under the per-room bound on adlobs.
+fn require_room_for<V>(
+    map: &BTreeMap<String, V>,
+    adlob_id: &str,
+    what: &str,
+) -> Result<(), Rejection> {
+    if map.contains_key(adlob_id) || map.len() < canvas::MAX_CANVASES {
+        Ok(())
+    } else {
+        Err(Rejection::new(
+            ErrorCode::InvalidPayload,
+            format!("a room holds at most {} {what}", canvas::MAX_CANVASES),
+        ))
+    }
 }
 
 fn not_in_roster() -> Rejection {
