@@ -104,7 +104,7 @@ fn upgrade(mut req: Request<Incoming>, app: Arc<App>) -> Response<Body> {
     let config = WebSocketConfig::default()
         // Small buffers keep an idle socket cheap (tungstenite's default read buffer
         // is 128 KiB); frames above the maximum fail with Capacity → close 1009.
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(1024 * 1024)
         .max_message_size(Some(app.config.max_message_bytes))
