@@ -12,7 +12,7 @@ use crate::protocol::server::{BigIdeaState, CanvasState, ServerMessage};
 use crate::protocol::{ErrorCode, Rejection, RoomSnapshot};
 use crate::room::{Action, Actor, Applied, Event, Room};
 use crate::telemetry::Metrics;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -192,6 +192,8 @@ pub fn spawn(room: Room, ctx: Arc<RoomContext>, saved: bool) -> RoomHandle {
     let code: Arc<str> = room.code().into();
     let owner = Owner {
         checkpointed: saved.then(|| saved_state(&room)),
+        restored_at: saved.then(|| room.version()),
+        joined_since_restore: HashSet::new(),
         room,
         members: Vec::new(),
         watchers: Vec::new(),
@@ -219,6 +221,11 @@ struct Owner {
     checkpointed: Option<SavedState>,
     /// (version, frame) of the last changes, oldest first, for `lastVersion` resume.
     history: VecDeque<(u64, Frame)>,
+    /// The version the room had when it was loaded from the store, if it was. After
+    /// a crash the versions past it may have named lost changes before the restart.
+    restored_at: Option<u64>,
+    /// Players who have joined since the room was restored (see `resumable`).
+    joined_since_restore: HashSet<String>,
     ctx: Arc<RoomContext>,
 }
 
@@ -352,6 +359,8 @@ impl Owner {
         }
         let conn = member.conn;
         let player_id = member.player_id.clone();
+        // Judged before the joiner's own presence change, which moves the version.
+        let last_version = self.resumable(&player_id, last_version);
         let comes_online = self.room.player(&player_id).is_some_and(|p| !p.connected);
         self.members.push(member);
         if comes_online {
@@ -368,9 +377,31 @@ impl Owner {
             let frame = self.room_state_frame();
             self.broadcast(&frame, Some(conn));
         }
+        if self.restored_at.is_some() {
+            self.joined_since_restore.insert(player_id.clone());
+        }
         let recovered = self.send_hello(conn, last_version);
         tracing::debug!(roomCode = %self.room.code(), playerId = %player_id, recovered, "attached");
         Ok(())
+    }
+
+    /// The client's `lastVersion` if it can name a version of this room as it is now,
+    /// `None` if it cannot (then `hello_ack` says `recovered: false` and the snapshot
+    /// is the truth). A version the room has not reached was lost in a crash. So may
+    /// be one past the version the room was restored at, from a player who has not
+    /// joined since: that number has been reused by the changes made since the restart.
+    fn resumable(&self, player_id: &str, last_version: Option<u64>) -> Option<u64> {
+        let v = last_version?;
+        if v > self.room.version() {
+            return None;
+        }
+        if let Some(restored_at) = self.restored_at
+            && v > restored_at
+            && !self.joined_since_restore.contains(player_id)
+        {
+            return None;
+        }
+        Some(v)
     }
 
     /// Sends `hello_ack`, then the events after `last_version` if the history still

@@ -27,8 +27,13 @@ pub fn init(level: LogLevel) {
     let filter = tracing_subscriber::filter::Targets::new()
         .with_target(env!("CARGO_CRATE_NAME"), max)
         .with_default(tracing::level_filters::LevelFilter::WARN.min(max));
+    // A global filter, not a per-layer one: with a per-layer filter, a dependency's
+    // `tracing::enabled!` that answers false (sqlx asks before every query) left the
+    // filter's per-thread state set, and the next event on that thread was dropped
+    // (`rooms_restored` after loading rooms, for one).
     let _ = tracing_subscriber::registry()
-        .with(JsonLines.with_filter(filter))
+        .with(filter)
+        .with(JsonLines)
         .try_init();
 }
 
