@@ -170,17 +170,31 @@ async fn join(
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let token = keys.mint_jwt(&code, &pid, now_secs(), 3600);
-    let msg = json!({"type": "join_room", "roomCode": code, "playerId": pid,
-                     "playerToken": token, "initialSnapshot": seed(&code, o.players)});
+    let mut msg = json!({"type": "join_room", "roomCode": code, "playerId": pid,
+                         "playerToken": token});
+    // Only the host's join (the first of its room) seeds it, as the app does; the
+    // other joins would only make the server parse a hint it ignores.
+    if seat == 0 {
+        msg["initialSnapshot"] = seed(&code, o.players);
+    }
     ws.send(Message::Text(msg.to_string().into()))
         .await
         .map_err(|e| format!("send: {e}"))?;
+    // The reply is hello_ack or error; anything else (room_state of another
+    // joiner) is skipped without parsing the whole frame.
     loop {
-        let v = recv_json(&mut ws).await?;
-        match v["type"].as_str() {
-            Some("hello_ack") => return Ok((ws, started.elapsed())),
-            Some("error") => return Err(format!("join refused: {v}")),
-            _ => continue,
+        let text = match ws.next().await {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Close(frame))) => return Err(format!("closed: {frame:?}")),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("socket ended".into()),
+        };
+        if text.starts_with(r#"{"type":"hello_ack""#) {
+            return Ok((ws, started.elapsed()));
+        }
+        if text.starts_with(r#"{"type":"error""#) {
+            return Err(format!("join refused: {}", text.as_str()));
         }
     }
 }
@@ -429,10 +443,12 @@ async fn run(o: Opts) -> Result<Value, String> {
         "joins_per_sec": joined as f64 / join_time.as_secs_f64(),
         "join_p50_ms": micros(&join_hist, 0.5), "join_p99_ms": micros(&join_hist, 0.99),
     });
-    if let (Some((rss0, _)), Some((rss1, _))) = (before, after_join) {
+    if let (Some((rss0, cpu0)), Some((rss1, cpu1))) = (before, after_join) {
         result["server_rss_kib_before"] = rss0.into();
         result["server_rss_kib_joined"] = rss1.into();
         result["rss_kib_per_socket"] = ((rss1 as f64 - rss0 as f64) / joined as f64).into();
+        result["join_server_cpu_cores"] = ((cpu1 - cpu0) / join_time.as_secs_f64()).into();
+        result["server_cpu_us_per_join"] = ((cpu1 - cpu0) * 1e6 / joined as f64).into();
     }
     if o.scenario == "join" {
         return Ok(result);
