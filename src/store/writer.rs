@@ -232,6 +232,15 @@ impl Writer {
                         retry_in_ms = backoff.as_millis() as u64,
                         "persist_batch_failed"
                     );
+                    // The name operators of the Node service alert on, once per
+                    // failed attempt that carried snapshots.
+                    if !self.snapshots.is_empty() {
+                        tracing::warn!(
+                            error = %e,
+                            rooms = self.snapshots.len(),
+                            "snapshot_persist_failed"
+                        );
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
