@@ -96,3 +96,25 @@ async fn a_late_joiner_learns_the_current_presentation() {
         json!({"presentIndex":2,"showCampaign":true})
     );
 }
+
+#[tokio::test]
+async fn refusals_at_the_edge_count_under_the_messages_counter_family() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = spawn_server().await;
+    s.create_room("CNT", &["host", "p2"]);
+    let (mut host, _) = s.join("CNT", "host").await;
+    // Another player's id: refused at the edge, before the room.
+    host.set_ready("CNT", "p2", true).await;
+    host.expect_error("forbidden").await;
+    // Another room's code: refused at the edge too.
+    host.send(json!({"type":"advance_phase","roomCode":"ELSE","playerId":"host"}))
+        .await;
+    host.expect_error("forbidden").await;
+    let c = &s.handle.app.metrics.counters;
+    assert_eq!(c.ready_update_attempts_total.load(Relaxed), 1);
+    assert_eq!(c.ready_update_failures_total.load(Relaxed), 1);
+    assert_eq!(c.phase_change_attempts_total.load(Relaxed), 1);
+    assert_eq!(c.phase_change_failures_total.load(Relaxed), 1);
+    assert_eq!(c.ws_message_handler_failures_total.load(Relaxed), 2);
+    assert_eq!(c.ready_update_success_total.load(Relaxed), 0);
+}

@@ -7,7 +7,7 @@
 
 use super::rate::{RateLimiter, Verdict};
 use crate::auth::{TokenError, now_secs};
-use crate::observe::{Origin, count_outcome, counter_family};
+use crate::observe::{Family, Origin, count_outcome};
 use crate::outbox::{Frame, Outbox, close};
 use crate::owner::{Member, RoomHandle};
 use crate::protocol::client::{ClientMessage, JoinRoom, decode};
@@ -266,61 +266,34 @@ impl Reader {
     }
 
     async fn player_message(&mut self, message: ClientMessage) {
-        let family = None;
+        // Refusals here count like the room's own, under the message's counter family.
+        let refused = |me: &Self, why: &str| {
+            count_outcome(&me.app.metrics, family_of(&message), false);
+            me.reply_error(ErrorCode::Forbidden, why);
+        };
         let Some(joined) = &self.joined else {
-            count_outcome(&self.app.metrics, family, false);
-            self.reply_error(ErrorCode::Forbidden, "join_room first");
-            return;
+            return refused(self, "join_room first");
         };
         if message.room_code() != Some(joined.room.code()) {
-            self.reply_error(
-                ErrorCode::Forbidden,
-                "roomCode does not match the joined room",
-            );
-            return;
+            return refused(self, "roomCode does not match the joined room");
         }
         if message.player_id().is_some_and(|p| p != joined.player_id) {
-            self.reply_error(
-                ErrorCode::Forbidden,
-                "playerId is not the authenticated player",
-            );
-            return;
+            return refused(self, "playerId is not the authenticated player");
         }
-        let action = match message {
-            ClientMessage::LeaveRoom { .. } => {
-                if let Some(joined) = self.joined.take() {
-                    joined.room.detach(self.conn).await;
-                }
-                return;
-            }
-            ClientMessage::SetReady { is_ready, .. } => Action::SetReady { is_ready },
-            ClientMessage::AdvancePhase { .. } => Action::Advance,
-            ClientMessage::SetStatus(m) => Action::SetStatus {
-                status: m.status,
-                phase: m.current_phase,
-                start_time: m.phase_start_time,
-            },
-            ClientMessage::PresentationState(m) => Action::Present {
-                present_index: m.present_index,
-                show_campaign: m.show_campaign,
-            },
-            ClientMessage::SubmitCanvasDelta(m) => Action::Canvas {
-                adlob_id: m.adlob_id,
-                phase: m.phase,
-                op: m.delta,
-            },
-            ClientMessage::SubmitBigIdea(m) => Action::BigIdea {
-                adlob_id: m.adlob_id,
-                text: m.text,
-            },
-            ClientMessage::JoinRoom(_) | ClientMessage::Heartbeat { .. } => return,
+        let (room, player_id) = (joined.room.clone(), joined.player_id.clone());
+        let family = family_of(&message);
+        let Some(action) = into_action(message) else {
+            // leave_room, the one player message here that is not a room action.
+            self.joined = None;
+            room.detach(self.conn).await;
+            return;
         };
         let origin = Origin::Socket {
             conn: self.conn,
-            player_id: joined.player_id.clone(),
+            player_id,
         };
-        if let Err(why) = joined.room.send_from_socket(origin, action.clone()).await {
-            count_outcome(&self.app.metrics, counter_family(&action), false);
+        if let Err(why) = room.send_from_socket(origin, action).await {
+            count_outcome(&self.app.metrics, family, false);
             self.reply(&why);
         }
     }
@@ -401,4 +374,43 @@ impl Reader {
             player_id: join.player_id,
         })
     }
+}
+
+/// The operator counter family of a player message (see `observe::count_outcome`).
+fn family_of(message: &ClientMessage) -> Option<Family> {
+    match message {
+        ClientMessage::SetReady { .. } => Some(Family::Ready),
+        ClientMessage::AdvancePhase { .. } | ClientMessage::SetStatus(_) => Some(Family::Phase),
+        _ => None,
+    }
+}
+
+/// The room action a player message asks for; `None` for messages that are not room
+/// actions (join, leave, heartbeat).
+fn into_action(message: ClientMessage) -> Option<Action> {
+    Some(match message {
+        ClientMessage::SetReady { is_ready, .. } => Action::SetReady { is_ready },
+        ClientMessage::AdvancePhase { .. } => Action::Advance,
+        ClientMessage::SetStatus(m) => Action::SetStatus {
+            status: m.status,
+            phase: m.current_phase,
+            start_time: m.phase_start_time,
+        },
+        ClientMessage::PresentationState(m) => Action::Present {
+            present_index: m.present_index,
+            show_campaign: m.show_campaign,
+        },
+        ClientMessage::SubmitCanvasDelta(m) => Action::Canvas {
+            adlob_id: m.adlob_id,
+            phase: m.phase,
+            op: m.delta,
+        },
+        ClientMessage::SubmitBigIdea(m) => Action::BigIdea {
+            adlob_id: m.adlob_id,
+            text: m.text,
+        },
+        ClientMessage::JoinRoom(_)
+        | ClientMessage::LeaveRoom { .. }
+        | ClientMessage::Heartbeat { .. } => return None,
+    })
 }
