@@ -1236,3 +1236,41 @@ async fn health_and_readyz_answer_plain_http_on_the_players_port() {
     s.create_room("HTTP", &["host"]);
     s.join("HTTP", "host").await;
 }
+
+#[tokio::test]
+async fn websocket_pings_are_answered_with_pongs_and_keep_the_socket_alive() {
+    use futures_util::{SinkExt, StreamExt};
+    use std::time::Duration;
+    let s = spawn_with(|c| {
+        c.heartbeat_interval = Duration::from_millis(10_000);
+        c.heartbeat_timeout = Duration::from_millis(600);
+    })
+    .await;
+    s.create_room("PING", &["host"]);
+    let (mut c, _) = s.join("PING", "host").await;
+    // Five pings spaced by their own pongs outlast the 600 ms timeout only if each
+    // one counts as liveness; every pong carries the ping's payload.
+    let started = std::time::Instant::now();
+    let mut i = 0u8;
+    while started.elapsed() < Duration::from_millis(1_500) {
+        c.ws.send(Message::Ping(vec![i].into()))
+            .await
+            .expect("ping");
+        let pong = loop {
+            match tokio::time::timeout(WAIT, c.ws.next()).await {
+                Ok(Some(Ok(Message::Pong(p)))) => break p,
+                Ok(Some(Ok(Message::Text(_)))) => continue,
+                other => panic!("expected a pong, got {other:?}"),
+            }
+        };
+        assert_eq!(pong.as_ref(), [i]);
+        i = i.wrapping_add(1);
+        // Pace the pings below the timeout by waiting on the server's own clock:
+        // a short read that must time out (nothing else is sent to this socket).
+        let quiet = tokio::time::timeout(Duration::from_millis(250), c.ws.next()).await;
+        assert!(quiet.is_err(), "nothing but pongs is sent: {quiet:?}");
+    }
+    // Still joined and served.
+    c.set_ready("PING", "host", true).await;
+    c.expect("ready_update").await;
+}
