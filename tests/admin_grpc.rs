@@ -2566,7 +2566,7 @@ async fn stalled_player(s: &TestServer, admin: &mut Admin, code: &str, player: &
     )
     .await
     .expect("websocket handshake");
-    let mut c = Client { ws };
+    let mut c = Client::new(ws);
     assert_eq!(c.join(code, player, &token).await["type"], "hello_ack");
     c
 }

@@ -3,15 +3,13 @@
 //! graceful shutdown on SIGTERM.
 
 mod binproc;
+mod common;
 
 use binproc::{Proc, WAIT, http_get, seed_snapshot};
-use futures_util::{SinkExt, StreamExt};
+use common::Client;
 use karaoke_realtime::auth::{TokenKeys, now_secs};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 const SECRET: &str = "binary-test-shared-secret-7f3a9c";
 
@@ -56,91 +54,6 @@ fn configured(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'st
         vars.push((name, value));
     }
     vars
-}
-
-struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-}
-
-impl Client {
-    async fn connect(port: u16, room: &str) -> Client {
-        let url = format!("ws://127.0.0.1:{port}/?room={room}");
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
-            .await
-            .expect("websocket connects within the wait")
-            .expect("websocket connects");
-        Client { ws }
-    }
-
-    async fn send(&mut self, v: Value) {
-        self.send_text(&v.to_string()).await;
-    }
-
-    async fn send_text(&mut self, text: &str) {
-        self.ws
-            .send(Message::Text(text.to_string().into()))
-            .await
-            .expect("send a frame");
-    }
-
-    /// Next JSON message other than a server heartbeat.
-    async fn recv(&mut self) -> Value {
-        loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("a message within the wait")
-                .expect("socket open")
-                .expect("no socket error");
-            match msg {
-                Message::Text(t) => {
-                    let v: Value = serde_json::from_str(&t).expect("server sends JSON");
-                    if v["type"] != "heartbeat" {
-                        return v;
-                    }
-                }
-                Message::Ping(_) | Message::Pong(_) => {}
-                other => panic!("unexpected frame {other:?}"),
-            }
-        }
-    }
-
-    async fn expect(&mut self, kind: &str) -> Value {
-        let v = self.recv().await;
-        assert_eq!(v["type"], kind, "expected {kind}, got {v}");
-        v
-    }
-
-    async fn expect_error(&mut self, code: &str) -> Value {
-        let v = self.expect("error").await;
-        assert_eq!(v["code"], code, "{v}");
-        v
-    }
-
-    async fn join(&mut self, room: &str, player: &str, token: &str, seed: Option<Value>) -> Value {
-        let mut msg =
-            json!({"type":"join_room","roomCode":room,"playerId":player,"playerToken":token});
-        if let Some(seed) = seed {
-            msg["initialSnapshot"] = seed;
-        }
-        self.send(msg).await;
-        self.recv().await
-    }
-
-    /// Reads until the server's close frame and returns its code.
-    async fn close_code(&mut self) -> CloseCode {
-        loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("close within the wait");
-            match msg {
-                Some(Ok(Message::Close(Some(frame)))) => return frame.code,
-                Some(Ok(Message::Close(None))) => panic!("close frame without a code"),
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => panic!("socket error before the close frame: {e}"),
-                None => panic!("socket ended without a close frame"),
-            }
-        }
-    }
 }
 
 fn token(room: &str, player: &str) -> String {
@@ -270,9 +183,11 @@ async fn metrics_flush_counts_what_clients_did_and_logs_carry_room_and_player() 
     let seed = seed_snapshot(room, &["host", "p2"]);
 
     // A: seeds the room, readies up, advances, then tries an invalid transition.
-    let mut a = Client::connect(port, room).await;
+    let mut a = Client::connect(port, room, WAIT).await;
     let host_token = token(room, "host");
-    let hello = a.join(room, "host", &host_token, Some(seed.clone())).await;
+    let hello = a
+        .join_with(room, "host", &host_token, Some(seed.clone()), None)
+        .await;
     assert_eq!(hello["type"], "hello_ack", "{hello}");
     a.send(json!({"type":"set_ready","roomCode":room,"playerId":"host","isReady":true}))
         .await;
@@ -288,19 +203,21 @@ async fn metrics_flush_counts_what_clients_did_and_logs_carry_room_and_player() 
     a.expect_error("invalid_transition").await;
 
     // B: a token signed with another secret, then a frame that is not JSON.
-    let mut b = Client::connect(port, room).await;
+    let mut b = Client::connect(port, room, WAIT).await;
     let forged =
         TokenKeys::new(b"some-other-secret-entirely-000").mint_jwt(room, "p2", now_secs(), 600);
-    let refused = b.join(room, "p2", &forged, Some(seed.clone())).await;
+    let refused = b
+        .join_with(room, "p2", &forged, Some(seed.clone()), None)
+        .await;
     assert_eq!(refused["type"], "error", "{refused}");
     assert_eq!(refused["code"], "unauthorized", "{refused}");
     b.send_text("this is not json").await;
     b.expect_error("invalid_payload").await;
 
     // C: a valid token for a player outside the roster joins, then cannot ready up.
-    let mut c = Client::connect(port, room).await;
+    let mut c = Client::connect(port, room, WAIT).await;
     let ghost_token = token(room, "ghost");
-    let hello = c.join(room, "ghost", &ghost_token, None).await;
+    let hello = c.join(room, "ghost", &ghost_token).await;
     assert_eq!(hello["type"], "hello_ack", "{hello}");
     c.send(json!({"type":"set_ready","roomCode":room,"playerId":"ghost","isReady":true}))
         .await;
@@ -403,20 +320,21 @@ async fn log_level_error_suppresses_info_and_warn_lines() {
     // The listening line is info, so the port comes from the kernel's socket table.
     let port = server.listening_port_from_proc().await;
     let room = "QUIET";
-    let mut a = Client::connect(port, room).await;
+    let mut a = Client::connect(port, room, WAIT).await;
     let hello = a
-        .join(
+        .join_with(
             room,
             "host",
             &token(room, "host"),
             Some(seed_snapshot(room, &["host"])),
+            None,
         )
         .await;
     assert_eq!(hello["type"], "hello_ack", "{hello}");
     // A warn-level event (token_verification_failed) and info-level ones (join,
     // metrics_flush, shutdown) all happen; none may be printed.
-    let mut b = Client::connect(port, room).await;
-    let refused = b.join(room, "host", "not-a-token", None).await;
+    let mut b = Client::connect(port, room, WAIT).await;
+    let refused = b.join(room, "host", "not-a-token").await;
     assert_eq!(refused["code"], "unauthorized", "{refused}");
     server.sigterm().await;
     assert_eq!(a.close_code().await, CloseCode::Restart);
@@ -438,13 +356,15 @@ async fn sigterm_closes_joined_sockets_with_1012_and_exits_cleanly() {
     let port = server.listening_port().await;
     let room = "TERM1";
     let seed = seed_snapshot(room, &["host", "p2"]);
-    let mut a = Client::connect(port, room).await;
+    let mut a = Client::connect(port, room, WAIT).await;
     let hello = a
-        .join(room, "host", &token(room, "host"), Some(seed.clone()))
+        .join_with(room, "host", &token(room, "host"), Some(seed.clone()), None)
         .await;
     assert_eq!(hello["type"], "hello_ack", "{hello}");
-    let mut b = Client::connect(port, room).await;
-    let hello = b.join(room, "p2", &token(room, "p2"), Some(seed)).await;
+    let mut b = Client::connect(port, room, WAIT).await;
+    let hello = b
+        .join_with(room, "p2", &token(room, "p2"), Some(seed), None)
+        .await;
     assert_eq!(hello["type"], "hello_ack", "{hello}");
     a.expect("room_state").await;
 

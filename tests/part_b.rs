@@ -230,7 +230,7 @@ async fn connect_small_recv_buffer(s: &TestServer) -> Client {
     let (ws, _) = tokio_tungstenite::client_async(s.url.as_str(), MaybeTlsStream::Plain(tcp))
         .await
         .expect("websocket handshake");
-    Client { ws }
+    Client::new(ws)
 }
 
 // ---------------------------------------------------------------------------

@@ -5,21 +5,17 @@
 //! docs/persistence.md states the guarantees checked here.
 
 mod binproc;
-#[path = "common/db.rs"]
-mod db;
+mod common;
 
 use binproc::{BIN, Proc, WAIT, seed_snapshot};
-use futures_util::{SinkExt, StreamExt};
+use common::{Client, db};
 use karaoke_realtime::auth::{TokenKeys, now_secs};
 use serde_json::{Value, json};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::process::Command;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 const SECRET: &str = "restart-test-shared-secret-5d21e8";
 
@@ -148,138 +144,24 @@ fn token(room: &str, player: &str) -> String {
     TokenKeys::new(SECRET.as_bytes()).mint_jwt(room, player, now_secs(), 600)
 }
 
-/// The room version a server message carries, if any.
-fn version_of(v: &Value) -> Option<u64> {
-    v["version"]
-        .as_u64()
-        .or_else(|| v["snapshot"]["version"].as_u64())
+/// A named player's socket on the server at `port`.
+async fn connect(port: u16, name: &'static str) -> Client {
+    Client::connect(port, "any", WAIT).await.named(name)
 }
 
-/// A player's socket that remembers the newest version it has seen.
-struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    name: &'static str,
-    /// The newest room version any message on this socket carried.
-    seen: u64,
-}
-
-impl Client {
-    async fn connect(port: u16, name: &'static str) -> Client {
-        let url = format!("ws://127.0.0.1:{port}/?room=any");
-        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
-            .await
-            .expect("websocket connects within the wait")
-            .expect("websocket connects");
-        Client { ws, name, seen: 0 }
-    }
-
-    async fn send(&mut self, v: Value) {
-        self.ws
-            .send(Message::Text(v.to_string().into()))
-            .await
-            .expect("send a frame");
-    }
-
-    /// Next JSON message other than a server heartbeat.
-    async fn recv(&mut self) -> Value {
-        loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .unwrap_or_else(|_| panic!("{}: a message within {WAIT:?}", self.name))
-                .unwrap_or_else(|| panic!("{}: socket open", self.name))
-                .unwrap_or_else(|e| panic!("{}: no socket error: {e}", self.name));
-            match msg {
-                Message::Text(t) => {
-                    let v: Value = serde_json::from_str(&t).expect("server sends JSON");
-                    if v["type"] == "heartbeat" {
-                        continue;
-                    }
-                    if let Some(version) = version_of(&v) {
-                        self.seen = self.seen.max(version);
-                    }
-                    return v;
-                }
-                Message::Ping(_) | Message::Pong(_) => {}
-                other => panic!("{}: unexpected frame {other:?}", self.name),
-            }
-        }
-    }
-
-    async fn expect(&mut self, kind: &str) -> Value {
-        let v = self.recv().await;
-        assert_eq!(v["type"], kind, "{}: expected {kind}, got {v}", self.name);
-        v
-    }
-
-    /// Reads until a message of `kind` carrying `version`; every message on the way
-    /// must be older (nothing is skipped that the test did not expect).
-    async fn see(&mut self, kind: &str, version: u64) -> Value {
-        loop {
-            let v = self.recv().await;
-            assert_ne!(v["type"], "error", "{}: {v}", self.name);
-            if v["type"] == kind && version_of(&v) == Some(version) {
-                return v;
-            }
-            assert!(
-                version_of(&v).is_some_and(|seen| seen <= version),
-                "{}: waiting for {kind} v{version}, got {v}",
-                self.name
-            );
-        }
-    }
-
-    async fn join(&mut self, room: &str, player: &str, seed: Option<Value>, last: Option<u64>) {
-        let mut msg = json!({
-            "type": "join_room",
-            "roomCode": room,
-            "playerId": player,
-            "playerToken": token(room, player),
-        });
-        if let Some(seed) = seed {
-            msg["initialSnapshot"] = seed;
-        }
-        if let Some(last) = last {
-            msg["lastVersion"] = json!(last);
-        }
-        self.send(msg).await;
-    }
-
-    /// Joins and returns the `hello_ack`.
-    async fn hello(
-        &mut self,
-        room: &str,
-        player: &str,
-        seed: Option<Value>,
-        last: Option<u64>,
-    ) -> Value {
-        self.join(room, player, seed, last).await;
-        let hello = self.recv().await;
-        assert_eq!(hello["type"], "hello_ack", "{}: {hello}", self.name);
-        hello
-    }
-
-    /// Reads until the server's close frame (noting versions on the way) and returns
-    /// its code.
-    async fn close_code(&mut self) -> CloseCode {
-        loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .unwrap_or_else(|_| panic!("{}: close within {WAIT:?}", self.name));
-            match msg {
-                Some(Ok(Message::Close(Some(frame)))) => return frame.code,
-                Some(Ok(Message::Close(None))) => panic!("{}: close without a code", self.name),
-                Some(Ok(Message::Text(t))) => {
-                    let v: Value = serde_json::from_str(&t).expect("server sends JSON");
-                    if let Some(version) = version_of(&v) {
-                        self.seen = self.seen.max(version);
-                    }
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => panic!("{}: socket error before the close frame: {e}", self.name),
-                None => panic!("{}: socket ended without a close frame", self.name),
-            }
-        }
-    }
+/// Joins with a valid token and returns the `hello_ack`.
+async fn join(
+    c: &mut Client,
+    room: &str,
+    player: &str,
+    seed: Option<Value>,
+    last: Option<u64>,
+) -> Value {
+    let hello = c
+        .join_with(room, player, &token(room, player), seed, last)
+        .await;
+    assert_eq!(hello["type"], "hello_ack", "{}: {hello}", c.name());
+    hello
 }
 
 /// The room's state as `hello_ack` describes it: snapshot, canvases, big ideas.
@@ -328,9 +210,9 @@ impl State {
 /// v6 creating/big_idea, v7 big idea, v8 canvas stroke, v9 p2 ready.
 async fn play(room: &str, host: &mut Client, p2: &mut Client) -> u64 {
     let seed = seed_snapshot(room, &["host", "p2", "p3"]);
-    let hello = host.hello(room, "host", Some(seed), None).await;
+    let hello = join(host, room, "host", Some(seed), None).await;
     assert_eq!(hello["snapshot"]["version"], 2, "{hello}");
-    let hello = p2.hello(room, "p2", None, None).await;
+    let hello = join(p2, room, "p2", None, None).await;
     assert_eq!(hello["snapshot"]["version"], 3, "{hello}");
     host.see("room_state", 3).await;
 
@@ -417,8 +299,8 @@ async fn graceful_restart(backend: Backend) {
     let restored = server.find_message("rooms_restored").await;
     assert_eq!(restored["restored"], 0, "{restored}");
 
-    let mut host = Client::connect(port, "host").await;
-    let mut p2 = Client::connect(port, "p2").await;
+    let mut host = connect(port, "host").await;
+    let mut p2 = connect(port, "p2").await;
     let last = play(room, &mut host, &mut p2).await;
 
     await_snapshot(&database, room, last).await;
@@ -431,8 +313,8 @@ async fn graceful_restart(backend: Backend) {
 
     // A spectator (not in the roster: its join changes no version) reads the whole
     // state the players hold.
-    let mut watcher = Client::connect(port, "watcher").await;
-    let hello = watcher.hello(room, "watcher", None, None).await;
+    let mut watcher = connect(port, "watcher").await;
+    let hello = join(&mut watcher, room, "watcher", None, None).await;
     let before = State::of_hello(&hello);
     assert_eq!(before.version(), last, "{hello}");
     assert_eq!(
@@ -447,8 +329,8 @@ async fn graceful_restart(backend: Backend) {
 
     server.sigterm().await;
     for c in [&mut host, &mut p2, &mut watcher] {
-        assert_eq!(c.close_code().await, CloseCode::Restart, "{}", c.name);
-        assert_eq!(c.seen, last, "{}: saw no change after v{last}", c.name);
+        assert_eq!(c.close_code().await, CloseCode::Restart, "{}", c.name());
+        assert_eq!(c.seen, last, "{}: saw no change after v{last}", c.name());
     }
     let exit = server.wait_exit().await;
     assert_eq!(exit.code(), Some(0), "exit status {exit}");
@@ -473,8 +355,8 @@ async fn graceful_restart(backend: Backend) {
     assert_eq!(restored["failed"], 0, "{restored}");
 
     // The spectator resumes at exactly the version it saw, with the same state.
-    let mut watcher = Client::connect(port, "watcher").await;
-    let hello = watcher.hello(room, "watcher", None, Some(last)).await;
+    let mut watcher = connect(port, "watcher").await;
+    let hello = join(&mut watcher, room, "watcher", None, Some(last)).await;
     assert_eq!(hello["recovered"], true, "{hello}");
     let after = State::of_hello(&hello);
     assert_eq!(after.version(), last, "{hello}");
@@ -486,8 +368,8 @@ async fn graceful_restart(backend: Backend) {
 
     // Each player resumes from the version it saw: its own presence is the one
     // change since, replayed after hello_ack.
-    let mut host = Client::connect(port, "host").await;
-    let hello = host.hello(room, "host", None, Some(last)).await;
+    let mut host = connect(port, "host").await;
+    let hello = join(&mut host, room, "host", None, Some(last)).await;
     assert_eq!(hello["recovered"], true, "{hello}");
     assert_eq!(hello["snapshot"]["version"], last + 1, "{hello}");
     let replay = host.expect("room_state").await;
@@ -505,8 +387,8 @@ async fn graceful_restart(backend: Backend) {
         "the spectator got no replay before the host's presence: {state}"
     );
 
-    let mut p2 = Client::connect(port, "p2").await;
-    let hello = p2.hello(room, "p2", None, Some(last)).await;
+    let mut p2 = connect(port, "p2").await;
+    let hello = join(&mut p2, room, "p2", None, Some(last)).await;
     assert_eq!(hello["recovered"], true, "{hello}");
     assert_eq!(hello["snapshot"]["version"], last + 2, "{hello}");
     for v in [last + 1, last + 2] {
@@ -592,16 +474,16 @@ async fn kill9_restart(backend: Backend, flush_window_ms: &str, kill_at: Kill) {
 
     let mut server = spawn(&vars);
     let port = server.listening_port().await;
-    let mut host = Client::connect(port, "host").await;
-    let mut p2 = Client::connect(port, "p2").await;
+    let mut host = connect(port, "host").await;
+    let mut p2 = connect(port, "p2").await;
     let landed = play(room, &mut host, &mut p2).await;
     // Every change after the seed (version 1) is one event row.
     let mut written = 0;
     await_persisted(&mut server, &mut written, landed - 1).await;
 
     // The state at `landed`, whole, as a spectator reads it.
-    let mut watcher = Client::connect(port, "watcher").await;
-    let at_landed = State::of_hello(&watcher.hello(room, "watcher", None, None).await);
+    let mut watcher = connect(port, "watcher").await;
+    let at_landed = State::of_hello(&join(&mut watcher, room, "watcher", None, None).await);
     assert_eq!(at_landed.version(), landed);
     for c in [&mut host, &mut p2] {
         c.see("room_state", landed).await;
@@ -641,8 +523,8 @@ async fn kill9_restart(backend: Backend, flush_window_ms: &str, kill_at: Kill) {
 
     // A spectator that saw `last` learns the truth: the room as it was at `last`, or
     // at `landed` if the last change was in the lost window.
-    let mut watcher = Client::connect(port, "watcher").await;
-    let hello = watcher.hello(room, "watcher", None, Some(last)).await;
+    let mut watcher = connect(port, "watcher").await;
+    let hello = join(&mut watcher, room, "watcher", None, Some(last)).await;
     let restored = State::of_hello(&hello);
     let version = restored.version();
     assert!(
@@ -673,8 +555,8 @@ async fn kill9_restart(backend: Backend, flush_window_ms: &str, kill_at: Kill) {
     // The host saw `last` too. If that change was lost, its reconnection must not be
     // taken for a resume (its own presence change brings the room back to the same
     // number, but not to the same state).
-    let mut host = Client::connect(port, "host").await;
-    let hello = host.hello(room, "host", None, Some(last)).await;
+    let mut host = connect(port, "host").await;
+    let hello = join(&mut host, room, "host", None, Some(last)).await;
     assert_eq!(hello["recovered"], !lost, "{hello}");
     assert_eq!(hello["snapshot"]["version"], version + 1, "{hello}");
     let now = State::of_hello(&hello);
@@ -693,8 +575,8 @@ async fn kill9_restart(backend: Backend, flush_window_ms: &str, kill_at: Kill) {
     // p2 saw `last` as well. By now the host's presence change has given the room a
     // version numbered `last` again if the change was lost: a number, not the state
     // p2 holds, so p2 must not be told it resumed either.
-    let mut p2 = Client::connect(port, "p2").await;
-    let hello = p2.hello(room, "p2", None, Some(last)).await;
+    let mut p2 = connect(port, "p2").await;
+    let hello = join(&mut p2, room, "p2", None, Some(last)).await;
     assert_eq!(hello["recovered"], !lost, "{hello}");
     assert_eq!(hello["snapshot"]["version"], version + 2, "{hello}");
     let now = State::of_hello(&hello);
@@ -729,8 +611,8 @@ async fn kill9_restart(backend: Backend, flush_window_ms: &str, kill_at: Kill) {
     assert_eq!(seen, version + 3);
     drop(p2);
     host.see("player_left", version + 4).await;
-    let mut p2 = Client::connect(port, "p2").await;
-    let hello = p2.hello(room, "p2", None, Some(seen)).await;
+    let mut p2 = connect(port, "p2").await;
+    let hello = join(&mut p2, room, "p2", None, Some(seen)).await;
     assert_eq!(hello["recovered"], true, "{hello}");
     assert_eq!(hello["snapshot"]["version"], version + 5, "{hello}");
     let left = p2.expect("player_left").await;

@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const SECRET: &str = "integration-test-secret";
@@ -81,7 +82,7 @@ impl TestServer {
         let (ws, _) = tokio_tungstenite::connect_async(self.url.as_str())
             .await
             .expect("websocket connects");
-        Client { ws }
+        Client::new(ws)
     }
 
     /// Connects and joins; returns the client and its `hello_ack`.
@@ -104,16 +105,72 @@ impl TestServer {
     }
 }
 
+/// The room version a server message carries, if any.
+pub fn version_of(v: &Value) -> Option<u64> {
+    v["version"]
+        .as_u64()
+        .or_else(|| v["snapshot"]["version"].as_u64())
+}
+
+/// A WebSocket client. It remembers the newest room version it has seen; a name, when
+/// given, prefixes its panic messages.
 pub struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    name: Option<&'static str>,
+    /// Upper bound for each read.
+    wait: Duration,
+    /// The newest room version any message on this socket carried.
+    pub seen: u64,
 }
 
 impl Client {
-    pub async fn send(&mut self, v: Value) {
-        self.ws
-            .send(Message::Text(v.to_string().into()))
+    /// A client on an open socket, reading with the default `WAIT`.
+    pub fn new(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
+        Client {
+            ws,
+            name: None,
+            wait: WAIT,
+            seen: 0,
+        }
+    }
+
+    /// Connects to `ws://127.0.0.1:{port}/?room={room}` (a server in another process),
+    /// waiting up to `wait` for that and for each later read.
+    pub async fn connect(port: u16, room: &str, wait: Duration) -> Client {
+        let url = format!("ws://127.0.0.1:{port}/?room={room}");
+        let (ws, _) = tokio::time::timeout(wait, tokio_tungstenite::connect_async(url))
             .await
-            .expect("send");
+            .expect("websocket connects within the wait")
+            .expect("websocket connects");
+        Client {
+            wait,
+            ..Client::new(ws)
+        }
+    }
+
+    /// The same client, named `name` in its panic messages.
+    pub fn named(mut self, name: &'static str) -> Client {
+        self.name = Some(name);
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        self.name.unwrap_or("client")
+    }
+
+    /// Prefix for panic messages: "name: ", or nothing for an unnamed client.
+    fn who(&self) -> String {
+        self.name.map(|n| format!("{n}: ")).unwrap_or_default()
+    }
+
+    fn note_version(&mut self, v: &Value) {
+        if let Some(version) = version_of(v) {
+            self.seen = self.seen.max(version);
+        }
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.send_text(&v.to_string()).await;
     }
 
     pub async fn send_text(&mut self, text: &str) {
@@ -124,10 +181,28 @@ impl Client {
     }
 
     pub async fn join(&mut self, room: &str, player: &str, token: &str) -> Value {
-        self.send(
-            json!({"type":"join_room","roomCode":room,"playerId":player,"playerToken":token}),
-        )
-        .await;
+        self.join_with(room, player, token, None, None).await
+    }
+
+    /// Sends `join_room`, with an `initialSnapshot` and a `lastVersion` when given, and
+    /// returns the reply.
+    pub async fn join_with(
+        &mut self,
+        room: &str,
+        player: &str,
+        token: &str,
+        seed: Option<Value>,
+        last: Option<u64>,
+    ) -> Value {
+        let mut msg =
+            json!({"type":"join_room","roomCode":room,"playerId":player,"playerToken":token});
+        if let Some(seed) = seed {
+            msg["initialSnapshot"] = seed;
+        }
+        if let Some(last) = last {
+            msg["lastVersion"] = json!(last);
+        }
+        self.send(msg).await;
         self.recv().await
     }
 
@@ -136,6 +211,7 @@ impl Client {
         loop {
             let v = self.recv_any().await;
             if v["type"] != "heartbeat" {
+                self.note_version(&v);
                 return v;
             }
         }
@@ -143,16 +219,17 @@ impl Client {
 
     /// Next JSON message, heartbeats included.
     pub async fn recv_any(&mut self) -> Value {
+        let who = self.who();
         loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next())
+            let msg = tokio::time::timeout(self.wait, self.ws.next())
                 .await
-                .expect("a message within the wait")
-                .expect("socket open")
-                .expect("no socket error");
+                .unwrap_or_else(|_| panic!("{who}a message within {:?}", self.wait))
+                .unwrap_or_else(|| panic!("{who}socket open"))
+                .unwrap_or_else(|e| panic!("{who}no socket error: {e}"));
             match msg {
                 Message::Text(t) => return serde_json::from_str(&t).expect("server sends JSON"),
                 Message::Ping(_) | Message::Pong(_) => continue,
-                other => panic!("unexpected frame {other:?}"),
+                other => panic!("{who}unexpected frame {other:?}"),
             }
         }
     }
@@ -160,29 +237,60 @@ impl Client {
     /// Next message, which must be of `kind`.
     pub async fn expect(&mut self, kind: &str) -> Value {
         let v = self.recv().await;
-        assert_eq!(v["type"], kind, "expected {kind}, got {v}");
+        assert_eq!(v["type"], kind, "{}expected {kind}, got {v}", self.who());
         v
     }
 
     /// Next message, which must be an error with `code`.
     pub async fn expect_error(&mut self, code: &str) -> Value {
         let v = self.expect("error").await;
-        assert_eq!(v["code"], code, "{v}");
+        assert_eq!(v["code"], code, "{}{v}", self.who());
         v
     }
 
-    /// Reads until the server closes; returns the close frame (skipping messages).
-    pub async fn expect_close(&mut self) -> Option<CloseFrame> {
+    /// Reads until a message of `kind` carrying `version`; every message on the way
+    /// must be older (nothing is skipped that the test did not expect).
+    pub async fn see(&mut self, kind: &str, version: u64) -> Value {
         loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next())
+            let v = self.recv().await;
+            assert_ne!(v["type"], "error", "{}{v}", self.who());
+            if v["type"] == kind && version_of(&v) == Some(version) {
+                return v;
+            }
+            assert!(
+                version_of(&v).is_some_and(|seen| seen <= version),
+                "{}waiting for {kind} v{version}, got {v}",
+                self.who()
+            );
+        }
+    }
+
+    /// Reads until the server closes (noting versions on the way); returns the close
+    /// frame, or `None` if the socket ended without one.
+    pub async fn expect_close(&mut self) -> Option<CloseFrame> {
+        let who = self.who();
+        loop {
+            let msg = tokio::time::timeout(self.wait, self.ws.next())
                 .await
-                .expect("close within the wait");
+                .unwrap_or_else(|_| panic!("{who}close within {:?}", self.wait));
             match msg {
                 Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).expect("server sends JSON");
+                    self.note_version(&v);
+                }
                 Some(Ok(_)) => continue,
-                Some(Err(e)) => panic!("socket error before close: {e}"),
+                Some(Err(e)) => panic!("{who}socket error before close: {e}"),
                 None => return None,
             }
+        }
+    }
+
+    /// Reads until the server's close frame and returns its code.
+    pub async fn close_code(&mut self) -> CloseCode {
+        match self.expect_close().await {
+            Some(frame) => frame.code,
+            None => panic!("{}a close frame with a code", self.who()),
         }
     }
 
