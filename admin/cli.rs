@@ -3,8 +3,10 @@
 //! Every call of the RoomAdmin service, plus a local token check. Output is one JSON
 //! object per line on stdout; errors go to stderr with the gRPC status code.
 
+use karaoke_realtime::admin::convert;
 use karaoke_realtime::admin::pb::{self, room_admin_client::RoomAdminClient};
 use karaoke_realtime::auth::{TokenKeys, now_secs};
+use karaoke_realtime::protocol::{CreationPhase, GameStatus};
 use serde_json::{Value, json};
 use std::process::ExitCode;
 use tonic::metadata::MetadataValue;
@@ -99,48 +101,30 @@ impl Args {
     }
 }
 
+// Names are the players' wire names ("lobby", "big_idea"); the mapping to the proto's
+// enums is the admin plane's own (`admin::convert`).
+
 fn status_of(name: &str) -> Result<i32, String> {
-    let status = match name {
-        "lobby" => pb::GameStatus::Lobby,
-        "briefing" => pb::GameStatus::Briefing,
-        "creating" => pb::GameStatus::Creating,
-        "presenting" => pb::GameStatus::Presenting,
-        "voting" => pb::GameStatus::Voting,
-        "results" => pb::GameStatus::Results,
-        other => return Err(format!("unknown status {other}")),
-    };
-    Ok(status as i32)
+    let status: GameStatus =
+        serde_json::from_value(json!(name)).map_err(|_| format!("unknown status {name}"))?;
+    Ok(convert::status_to_pb(status) as i32)
 }
 
 fn phase_of(name: &str) -> Result<i32, String> {
-    let phase = match name {
-        "big_idea" => pb::CreationPhase::BigIdea,
-        "visual" => pb::CreationPhase::Visual,
-        "headline" => pb::CreationPhase::Headline,
-        "pitch" => pb::CreationPhase::Pitch,
-        other => return Err(format!("unknown phase {other}")),
-    };
-    Ok(phase as i32)
+    let phase: CreationPhase =
+        serde_json::from_value(json!(name)).map_err(|_| format!("unknown phase {name}"))?;
+    Ok(convert::phase_to_pb(Some(phase)) as i32)
 }
 
 fn status_name(v: i32) -> &'static str {
-    match pb::GameStatus::try_from(v) {
-        Ok(pb::GameStatus::Lobby) => "lobby",
-        Ok(pb::GameStatus::Briefing) => "briefing",
-        Ok(pb::GameStatus::Creating) => "creating",
-        Ok(pb::GameStatus::Presenting) => "presenting",
-        Ok(pb::GameStatus::Voting) => "voting",
-        Ok(pb::GameStatus::Results) => "results",
-        _ => "unspecified",
-    }
+    convert::status_from_pb("status", v)
+        .map(GameStatus::as_str)
+        .unwrap_or("unspecified")
 }
 
 fn phase_name(v: i32) -> Value {
-    match pb::CreationPhase::try_from(v) {
-        Ok(pb::CreationPhase::BigIdea) => "big_idea".into(),
-        Ok(pb::CreationPhase::Visual) => "visual".into(),
-        Ok(pb::CreationPhase::Headline) => "headline".into(),
-        Ok(pb::CreationPhase::Pitch) => "pitch".into(),
+    match convert::phase_from_pb("current_phase", v) {
+        Ok(Some(phase)) => phase.as_str().into(),
         _ => Value::Null,
     }
 }

@@ -29,10 +29,10 @@ pub struct Change<'a> {
     pub applied: &'a Applied,
 }
 
-impl Change<'_> {
-    /// Who the rules saw acting.
+impl Origin {
+    /// Who the room's rules see acting: a player is held to the rules, the server not.
     pub fn actor(&self) -> crate::room::Actor {
-        match self.origin {
+        match self {
             Origin::Socket { player_id, .. } => crate::room::Actor::Player(player_id.clone()),
             Origin::Server => crate::room::Actor::Server,
         }
@@ -60,7 +60,7 @@ pub type Observers = Arc<[Arc<dyn Observer>]>;
 pub fn counter_family(action: &Action) -> Option<Family> {
     match action {
         Action::SetReady { .. } => Some(Family::Ready),
-        Action::Advance | Action::SetStatus { .. } => Some(Family::Phase),
+        Action::Advance | Action::SetStatus { .. } | Action::Force { .. } => Some(Family::Phase),
         _ => None,
     }
 }
@@ -108,13 +108,7 @@ impl Observer for Telemetry {
         if applied.changed {
             Metrics::inc(&self.0.counters.room_events_total);
         }
-        let family = match applied.event {
-            crate::room::Event::ReadyUpdate { .. } => Some(Family::Ready),
-            crate::room::Event::PhaseChanged | crate::room::Event::StatusChanged => {
-                Some(Family::Phase)
-            }
-            _ => None,
-        };
+        let family = counter_family(change.action);
         if family.is_some() {
             count_outcome(&self.0, family, true);
         }

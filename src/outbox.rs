@@ -93,11 +93,7 @@ impl Outbox {
 
     /// Asks the socket to close with `code`; only the first request counts.
     pub fn close(&self, code: u16) {
-        let _ = self
-            .control
-            .code
-            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
-        self.control.closing.cancel();
+        self.close_with_reason(code, close::reason(code));
     }
 
     pub fn is_closing(&self) -> bool {

@@ -10,7 +10,7 @@ use crate::observe::{Change, Observers, Origin};
 use crate::outbox::{Frame, Outbox, Push};
 use crate::protocol::server::{BigIdeaState, CanvasState, ServerMessage};
 use crate::protocol::{ErrorCode, Rejection, RoomSnapshot};
-use crate::room::{Action, Actor, Applied, Event, Room};
+use crate::room::{Action, Applied, Event, Room};
 use crate::telemetry::Metrics;
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -60,10 +60,7 @@ pub enum RoomMsg {
         /// errors go to its own outbox.
         reply: Option<oneshot::Sender<Result<Applied, Rejection>>>,
     },
-    Snapshot {
-        reply: oneshot::Sender<RoomSnapshot>,
-    },
-    /// Everything the admin plane reports about a room.
+    /// The room's state as the admin plane (and tests) see it.
     Info {
         reply: oneshot::Sender<RoomInfo>,
     },
@@ -152,9 +149,7 @@ impl RoomHandle {
     }
 
     pub async fn snapshot(&self) -> Option<RoomSnapshot> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(RoomMsg::Snapshot { reply }).await.ok()?;
-        rx.await.ok()
+        self.info().await.map(|info| info.snapshot)
     }
 
     pub async fn info(&self) -> Option<RoomInfo> {
@@ -212,6 +207,13 @@ fn saved_state(room: &Room) -> SavedState {
     (room.version(), room.snapshot().presentation)
 }
 
+/// Whether the owner goes on after a message (it stops after `Close`).
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
 struct Owner {
     room: Room,
     members: Vec<Member>,
@@ -247,12 +249,11 @@ impl Owner {
             let deadline = self.phase_deadline();
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(RoomMsg::Close { reason, reply }) => {
-                        self.close(&reason);
-                        let _ = reply.send(self.room.snapshot().clone());
-                        break;
+                    Some(msg) => {
+                        if self.handle(msg) == Flow::Stop {
+                            break;
+                        }
                     }
-                    Some(msg) => self.handle(msg),
                     None => break,
                 },
                 _ = heartbeat.tick() => self.send_heartbeat(),
@@ -275,7 +276,7 @@ impl Owner {
         Some(Instant::now() + left)
     }
 
-    fn handle(&mut self, msg: RoomMsg) {
+    fn handle(&mut self, msg: RoomMsg) -> Flow {
         match msg {
             RoomMsg::Attach {
                 member,
@@ -290,9 +291,6 @@ impl Owner {
                 action,
                 reply,
             } => self.command(origin, action, reply),
-            RoomMsg::Snapshot { reply } => {
-                let _ = reply.send(self.room.snapshot().clone());
-            }
             RoomMsg::Info { reply } => {
                 let _ = reply.send(RoomInfo {
                     snapshot: self.room.snapshot().clone(),
@@ -309,12 +307,13 @@ impl Owner {
                     self.watchers.push(out);
                 }
             }
-            // Handled by the run loop, which stops after it.
             RoomMsg::Close { reason, reply } => {
                 self.close(&reason);
                 let _ = reply.send(self.room.snapshot().clone());
+                return Flow::Stop;
             }
         }
+        Flow::Continue
     }
 
     /// Offers the room's whole state to observers if it changed since the last time.
@@ -540,10 +539,7 @@ impl Owner {
         action: Action,
         except: Option<u64>,
     ) -> Result<Applied, Rejection> {
-        let actor = match origin {
-            Origin::Socket { player_id, .. } => Actor::Player(player_id.clone()),
-            Origin::Server => Actor::Server,
-        };
+        let actor = origin.actor();
         let observers = self.ctx.observers.clone();
         let presence = matches!(action, Action::Connect | Action::Disconnect);
         if let Err(why) = observers
@@ -583,7 +579,6 @@ impl Owner {
 
     /// Serializes the event once, records it for resume, and fans it out.
     fn publish(&mut self, applied: &Applied, except: Option<u64>) {
-        let started = std::time::Instant::now();
         let frame = self.event_frame(applied);
         if applied.changed && self.ctx.history_limit > 0 {
             if self.history.len() >= self.ctx.history_limit {
@@ -600,7 +595,6 @@ impl Owner {
             self.broadcast(&state, except);
             self.notify_watchers(&state);
         }
-        tracing::trace!(elapsed_us = started.elapsed().as_micros() as u64, "fan_out");
     }
 
     fn room_state_frame(&self) -> Frame {

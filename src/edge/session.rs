@@ -7,7 +7,7 @@
 
 use super::rate::{RateLimiter, Verdict};
 use crate::auth::{TokenError, now_secs};
-use crate::observe::{Family, Origin, count_outcome};
+use crate::observe::{Origin, count_outcome, counter_family};
 use crate::outbox::{Frame, Outbox, close};
 use crate::owner::{Member, RoomHandle};
 use crate::protocol::client::{ClientMessage, JoinRoom, decode};
@@ -266,28 +266,29 @@ impl Reader {
     }
 
     async fn player_message(&mut self, message: ClientMessage) {
-        // Refusals here count like the room's own, under the message's counter family.
-        let refused = |me: &Self, why: &str| {
-            count_outcome(&me.app.metrics, family_of(&message), false);
+        // Refusals here count like the room's own, under the action's counter family.
+        let refused = |me: &Self, message: ClientMessage, why: &str| {
+            let family = into_action(message).as_ref().and_then(counter_family);
+            count_outcome(&me.app.metrics, family, false);
             me.reply_error(ErrorCode::Forbidden, why);
         };
         let Some(joined) = &self.joined else {
-            return refused(self, "join_room first");
+            return refused(self, message, "join_room first");
         };
         if message.room_code() != Some(joined.room.code()) {
-            return refused(self, "roomCode does not match the joined room");
+            return refused(self, message, "roomCode does not match the joined room");
         }
         if message.player_id().is_some_and(|p| p != joined.player_id) {
-            return refused(self, "playerId is not the authenticated player");
+            return refused(self, message, "playerId is not the authenticated player");
         }
         let (room, player_id) = (joined.room.clone(), joined.player_id.clone());
-        let family = family_of(&message);
         let Some(action) = into_action(message) else {
             // leave_room, the one player message here that is not a room action.
             self.joined = None;
             room.detach(self.conn).await;
             return;
         };
+        let family = counter_family(&action);
         let origin = Origin::Socket {
             conn: self.conn,
             player_id,
@@ -373,15 +374,6 @@ impl Reader {
             room,
             player_id: join.player_id,
         })
-    }
-}
-
-/// The operator counter family of a player message (see `observe::count_outcome`).
-fn family_of(message: &ClientMessage) -> Option<Family> {
-    match message {
-        ClientMessage::SetReady { .. } => Some(Family::Ready),
-        ClientMessage::AdvancePhase { .. } | ClientMessage::SetStatus(_) => Some(Family::Phase),
-        _ => None,
     }
 }
 

@@ -68,7 +68,7 @@ impl Observer for Persistence {
             return;
         }
         let payload = EventPayload {
-            actor: change.actor(),
+            actor: change.origin.actor(),
             at: change.at,
             action: change.action.clone(),
         };
@@ -212,7 +212,7 @@ impl Writer {
             }
             self.drain_channel();
             match self.write_batch().await {
-                Ok(written) => {
+                Ok(()) => {
                     if let Some(since) = failing_since.take() {
                         tracing::info!(
                             outage_ms = since.elapsed().as_millis() as u64,
@@ -221,7 +221,6 @@ impl Writer {
                         );
                     }
                     backoff = BACKOFF_FIRST;
-                    tracing::trace!(written, "persist_batch_written");
                 }
                 Err(e) => {
                     Metrics::inc(&self.metrics.counters.event_persist_failures_total);
@@ -268,7 +267,7 @@ impl Writer {
 
     /// Writes the oldest pending rows (at most `batch_max`, events first); removes
     /// them only once the database has accepted them.
-    async fn write_batch(&mut self) -> Result<usize, sqlx::Error> {
+    async fn write_batch(&mut self) -> Result<(), sqlx::Error> {
         // A quarter of each batch is kept for snapshots, so a steady stream of
         // events can never starve them.
         let snapshots = self.snapshots.make_contiguous();
@@ -291,6 +290,6 @@ impl Writer {
         c.snapshots_persisted_total
             .fetch_add(n_snapshots as u64, Ordering::Relaxed);
         self.metrics.record_persist_batch(started.elapsed());
-        Ok(n)
+        Ok(())
     }
 }
