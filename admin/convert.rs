@@ -29,24 +29,17 @@ pub fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {problem}"))
 }
 
-/// A room code given by a caller: 1..32 of A-Z a-z 0-9 - _.
+/// A room code given by a caller, under the one rule every entry point uses.
 pub fn room_code(field: &str, code: &str) -> Result<(), Status> {
-    if code.is_empty() || code.len() > limits::ROOM_CODE_MAX {
-        return Err(invalid(
-            field,
-            format!("must be 1..{} characters", limits::ROOM_CODE_MAX),
-        ));
-    }
-    if !code
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return Err(invalid(
-            field,
-            "may contain only A-Z, a-z, 0-9, '-' and '_'",
-        ));
-    }
-    Ok(())
+    crate::protocol::check_room_code(field, code).map_err(|why| {
+        // The rule's messages read "<field> <problem>"; the admin plane says "field: problem".
+        let problem = why
+            .message
+            .strip_prefix(field)
+            .unwrap_or(&why.message)
+            .trim_start();
+        invalid(field, problem)
+    })
 }
 
 pub fn id(field: &str, value: &str) -> Result<(), Status> {

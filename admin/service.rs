@@ -316,9 +316,10 @@ impl RoomAdmin for AdminService {
             let start_time = if req.phase_start_time.is_empty() {
                 None
             } else {
-                crate::protocol::check_timestamp("phase_start_time", &req.phase_start_time)
-                    .map_err(|_| invalid("phase_start_time", "must be an RFC 3339 timestamp"))?;
-                Some(req.phase_start_time.clone())
+                Some(
+                    crate::protocol::Timestamp::parse("phase_start_time", &req.phase_start_time)
+                        .map_err(convert::status_of)?,
+                )
             };
             let version = self
                 .apply(

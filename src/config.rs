@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Address the players' port binds to (`BIND_ADDR`).
     pub bind_addr: IpAddr,
@@ -61,6 +61,34 @@ pub struct Config {
     pub persist_flush_interval: Duration,
     /// How often a changed room's whole state is snapshotted.
     pub snapshot_interval: Duration,
+    /// Bytes of rows queued for the database at most (with `persist_queue_limit`).
+    pub persist_queue_bytes: usize,
+    /// Bytes one write round trip carries at most, so no batch holds the database long.
+    pub persist_batch_bytes: usize,
+    /// Longest any one database statement may take before it is abandoned and retried
+    /// on a fresh connection.
+    pub persist_statement_timeout: Duration,
+    /// Bytes queued for one socket before it is closed with 1013 (with
+    /// `outbound_queue_limit`).
+    pub outbound_queue_bytes: usize,
+    /// Open connections on the players' port at most; past it new ones get HTTP 503.
+    pub max_connections: usize,
+    /// Open connections from one source address at most.
+    pub max_connections_per_ip: usize,
+    /// How long a connection may take to send a request's headers, and how long an
+    /// idle keep-alive connection is kept.
+    pub http_header_timeout: Duration,
+    /// How long an upgraded socket may go without a successful `join_room`.
+    pub join_timeout: Duration,
+    /// Live client-seeded rooms at most.
+    pub max_seeded_rooms: usize,
+    /// Rooms one source address may seed per minute.
+    pub seeded_rooms_per_ip_per_minute: u32,
+    /// A client-seeded room with no socket for this long is closed.
+    pub seeded_room_idle_ttl: Duration,
+    /// Open `WatchRoom` streams at most, in all and per room.
+    pub max_watchers: usize,
+    pub max_watchers_per_room: usize,
 }
 
 /// The persistence backend, chosen by the scheme of `DATABASE_URL`.
@@ -97,6 +125,14 @@ pub struct AdminTls {
     pub client_ca_pem: Option<Vec<u8>>,
 }
 
+impl std::fmt::Debug for AdminTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminTls")
+            .field("client_certificates", &self.client_ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A secret that never prints.
 #[derive(Clone)]
 pub struct Secret(pub Vec<u8>);
@@ -123,39 +159,6 @@ impl LogLevel {
             LogLevel::Warn => "warn",
             LogLevel::Error => "error",
         }
-    }
-}
-
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("bind_addr", &self.bind_addr)
-            .field("port", &self.port)
-            .field("admin_port", &self.admin_port)
-            .field("admin_token", &self.admin_token)
-            .field("admin_bind_addr", &self.admin_bind_addr)
-            .field("admin_tls", &self.admin_tls.is_some())
-            .field("token_ttl_default_secs", &self.token_ttl_default_secs)
-            .field("token_ttl_max_secs", &self.token_ttl_max_secs)
-            .field("log_level", &self.log_level)
-            .field("metrics_flush_interval", &self.metrics_flush_interval)
-            .field("shared_secret", &self.shared_secret)
-            .field("heartbeat_interval", &self.heartbeat_interval)
-            .field("heartbeat_timeout", &self.heartbeat_timeout)
-            .field("allow_client_seeded_rooms", &self.allow_client_seeded_rooms)
-            .field("max_message_bytes", &self.max_message_bytes)
-            .field("rate_limit_per_sec", &self.rate_limit_per_sec)
-            .field("rate_limit_burst", &self.rate_limit_burst)
-            .field("outbound_queue_limit", &self.outbound_queue_limit)
-            .field("room_history_limit", &self.room_history_limit)
-            .field("max_sockets_per_room", &self.max_sockets_per_room)
-            .field("shutdown_grace", &self.shutdown_grace)
-            .field("database", &self.database)
-            .field("persist_queue_limit", &self.persist_queue_limit)
-            .field("persist_batch_max", &self.persist_batch_max)
-            .field("persist_flush_interval", &self.persist_flush_interval)
-            .field("snapshot_interval", &self.snapshot_interval)
-            .finish()
     }
 }
 
@@ -360,6 +363,31 @@ impl Config {
         let persist_batch_max = r.number("PERSIST_BATCH_MAX", 500usize, 1, 10_000);
         let persist_flush_interval = r.millis("PERSIST_FLUSH_INTERVAL_MS", 50, 1);
         let snapshot_interval = r.millis("SNAPSHOT_INTERVAL_MS", 1_000, 10);
+        let persist_queue_bytes = r.number(
+            "PERSIST_QUEUE_BYTES",
+            256usize << 20,
+            1 << 20,
+            64usize << 30,
+        );
+        let persist_batch_bytes = r.number(
+            "PERSIST_BATCH_BYTES",
+            4usize << 20,
+            64 << 10,
+            256usize << 20,
+        );
+        let persist_statement_timeout = r.millis("PERSIST_STATEMENT_TIMEOUT_MS", 10_000, 100);
+        let outbound_queue_bytes =
+            r.number("OUTBOUND_QUEUE_BYTES", 8usize << 20, 64 << 10, 1usize << 30);
+        let max_connections = r.number("MAX_CONNECTIONS", 25_000usize, 1, 10_000_000);
+        let max_connections_per_ip = r.number("MAX_CONNECTIONS_PER_IP", 500usize, 1, 10_000_000);
+        let http_header_timeout = r.millis("HTTP_HEADER_TIMEOUT_MS", 10_000, 100);
+        let join_timeout = r.millis("JOIN_TIMEOUT_MS", 10_000, 100);
+        let max_seeded_rooms = r.number("MAX_SEEDED_ROOMS", 10_000usize, 0, 10_000_000);
+        let seeded_rooms_per_ip_per_minute =
+            r.number("SEEDED_ROOMS_PER_IP_PER_MINUTE", 30u32, 1, 1_000_000);
+        let seeded_room_idle_ttl = r.millis("SEEDED_ROOM_IDLE_TTL_MS", 30 * 60_000, 1_000);
+        let max_watchers = r.number("MAX_WATCHERS", 256usize, 0, 1_000_000);
+        let max_watchers_per_room = r.number("MAX_WATCHERS_PER_ROOM", 8usize, 0, 1_000_000);
         if !r.errors.is_empty() {
             return Err(r.errors);
         }
@@ -391,6 +419,19 @@ impl Config {
             persist_batch_max,
             persist_flush_interval,
             snapshot_interval,
+            persist_queue_bytes,
+            persist_batch_bytes,
+            persist_statement_timeout,
+            outbound_queue_bytes,
+            max_connections,
+            max_connections_per_ip,
+            http_header_timeout,
+            join_timeout,
+            max_seeded_rooms,
+            seeded_rooms_per_ip_per_minute,
+            seeded_room_idle_ttl,
+            max_watchers,
+            max_watchers_per_room,
         })
     }
 

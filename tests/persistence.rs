@@ -611,7 +611,7 @@ async fn whole_game_rows(backend: Backend) {
         let payload: EventPayload = serde_json::from_str(&e.payload)
             .unwrap_or_else(|err| panic!("event {} payload: {err}", e.version));
         let applied = replayed
-            .apply(&payload.actor, payload.action, payload.at)
+            .apply(&payload.actor, payload.action, payload.at.at())
             .unwrap_or_else(|why| panic!("event {} replays: {why}", e.version));
         assert_eq!(applied.version as i64, e.version);
     }
@@ -998,7 +998,7 @@ async fn a_closed_room_is_stored_closed_and_not_restored() {
 fn payload(actor: Actor, action: Action) -> String {
     serde_json::to_string(&EventPayload {
         actor,
-        at: OffsetDateTime::now_utc(),
+        at: karaoke_realtime::protocol::Timestamp::from_instant(OffsetDateTime::now_utc()),
         action,
     })
     .unwrap()

@@ -3,7 +3,7 @@
 //! A delta is validated completely before it reaches a room, and what is broadcast is
 //! the re-serialized validated value (unknown fields dropped), never the raw input.
 
-use super::{ErrorCode, Rejection, check_id, limits};
+use super::{ErrorCode, Rejection, check_free_text, check_id, limits};
 use serde::{Deserialize, Serialize};
 
 pub const STROKE_WIDTH: (f64, f64) = (1.0, 40.0);
@@ -116,11 +116,7 @@ impl CanvasOp {
             }
             CanvasOp::Text(t) => {
                 check_id("delta.id", &t.id, limits::ID_MAX)?;
-                if t.text.chars().count() > TEXT_MAX {
-                    return Err(invalid(format!(
-                        "delta.text is longer than {TEXT_MAX} characters"
-                    )));
-                }
+                check_free_text("delta.text", &t.text, TEXT_MAX)?;
                 check_coord("delta.x", t.x)?;
                 check_coord("delta.y", t.y)?;
                 check_color(&t.color)?;

@@ -6,7 +6,10 @@
 //! validated here too, so a decoded message is always safe to hand to a room.
 
 use super::canvas::CanvasOp;
-use super::{CreationPhase, ErrorCode, GameStatus, Rejection, check_id, check_timestamp, limits};
+use super::{
+    CreationPhase, ErrorCode, GameStatus, Rejection, Timestamp, check_free_text, check_id,
+    check_room_code as check_code, check_version, limits,
+};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use std::borrow::Cow;
@@ -59,8 +62,9 @@ pub struct SetStatus {
     /// Required by Part A but may be null; missing is treated as null.
     #[serde(default)]
     pub current_phase: Option<CreationPhase>,
+    /// Parsed and range-checked as it is decoded.
     #[serde(default)]
-    pub phase_start_time: Option<String>,
+    pub phase_start_time: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -191,6 +195,9 @@ pub fn decode(text: &str) -> Result<ClientMessage, Rejection> {
         "join_room" => {
             let m: JoinRoom = fields(kind, text)?;
             check_player_fields(&m.room_code, &m.player_id)?;
+            if let Some(v) = m.last_version {
+                check_version("lastVersion", v)?;
+            }
             match &m.player_token {
                 None => return Err(invalid("playerToken is required")),
                 Some(t) if t.is_empty() => return Err(invalid("playerToken is required")),
@@ -225,9 +232,6 @@ pub fn decode(text: &str) -> Result<ClientMessage, Rejection> {
         "set_status" => {
             let m: SetStatus = fields(kind, text)?;
             check_player_fields(&m.room_code, &m.player_id)?;
-            if let Some(t) = &m.phase_start_time {
-                check_timestamp("phaseStartTime", t)?;
-            }
             ClientMessage::SetStatus(m)
         }
         "presentation_state" => {
@@ -272,6 +276,7 @@ pub fn decode(text: &str) -> Result<ClientMessage, Rejection> {
                     limits::BIG_IDEA_MAX
                 )));
             }
+            check_free_text("text", &m.text, limits::BIG_IDEA_MAX)?;
             ClientMessage::SubmitBigIdea(m)
         }
         other => {
@@ -283,7 +288,7 @@ pub fn decode(text: &str) -> Result<ClientMessage, Rejection> {
 }
 
 fn check_room_code(code: &str) -> Result<(), Rejection> {
-    check_id("roomCode", code, limits::ROOM_CODE_MAX)
+    check_code("roomCode", code)
 }
 
 fn check_player_fields(room_code: &str, player_id: &str) -> Result<(), Rejection> {
@@ -360,7 +365,7 @@ mod tests {
         match decode(text) {
             Ok(ClientMessage::SetStatus(m)) => {
                 assert_eq!(
-                    m.phase_start_time.as_deref(),
+                    m.phase_start_time.as_ref().map(Timestamp::as_str),
                     Some("2026-01-02T03:04:05+02:00")
                 )
             }

@@ -164,41 +164,157 @@ pub mod limits {
     pub const PRESENT_INDEX_MAX: i64 = 1000;
     pub const SETTING_TEXT_MAX: usize = 200;
     pub const PHASE_DURATION_MAX: u32 = 3600;
+    /// The largest room version: JavaScript clients hold versions as numbers, which
+    /// are exact only up to 2^53 - 1. A seed, a stored row or a change that would pass
+    /// it is refused, so a version never wraps, saturates or loses precision.
+    pub const MAX_VERSION: u64 = (1 << 53) - 1;
 }
 
-/// Checks an identifier (room code, player id, adlob id): non-empty, bounded, printable.
+/// Characters that may not appear in identifiers or names: control characters, and
+/// the invisible marks that reorder text (bidirectional overrides, isolates and
+/// marks), which can make one player's name display as another's.
+pub fn is_forbidden_in_name(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061C}'
+                | '\u{200E}'
+                | '\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{FEFF}'
+        )
+}
+
+/// Checks an identifier or name (player id, adlob id, player name): non-empty,
+/// bounded, and free of control and bidirectional-formatting characters.
 pub fn check_id(field: &str, value: &str, max: usize) -> Result<(), Rejection> {
     if value.is_empty() {
-        return Err(Rejection::new(
-            ErrorCode::InvalidPayload,
-            format!("{field} must not be empty"),
-        ));
+        return Err(invalid(format!("{field} must not be empty")));
     }
     if value.chars().count() > max {
-        return Err(Rejection::new(
-            ErrorCode::InvalidPayload,
-            format!("{field} is longer than {max} characters"),
-        ));
+        return Err(invalid(format!("{field} is longer than {max} characters")));
     }
-    if value.chars().any(char::is_control) {
-        return Err(Rejection::new(
-            ErrorCode::InvalidPayload,
-            format!("{field} contains control characters"),
-        ));
+    if value.chars().any(is_forbidden_in_name) {
+        return Err(invalid(format!("{field} contains control characters")));
     }
     Ok(())
 }
 
-/// Checks that `value` is an RFC 3339 timestamp; the original text is kept and echoed.
-pub fn check_timestamp(field: &str, value: &str) -> Result<time::OffsetDateTime, Rejection> {
-    time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339).map_err(
-        |_| {
-            Rejection::new(
-                ErrorCode::InvalidPayload,
-                format!("{field} must be an RFC 3339 timestamp"),
-            )
-        },
-    )
+/// The one rule for room codes, wherever one arrives (a join, a seed, the admin
+/// plane, the broadcast hook): 1..32 of `A-Z a-z 0-9 - _`. Generated codes are 6 of
+/// these, and a code any entry point accepts can be named by every other one
+/// (GetRoom, CloseRoom, ListRooms paging).
+pub fn check_room_code(field: &str, code: &str) -> Result<(), Rejection> {
+    if code.is_empty() || code.len() > limits::ROOM_CODE_MAX {
+        return Err(invalid(format!(
+            "{field} must be 1..{} characters",
+            limits::ROOM_CODE_MAX
+        )));
+    }
+    if !code
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(invalid(format!(
+            "{field} may contain only A-Z, a-z, 0-9, '-' and '_'"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks free text players write (big ideas, canvas text): bounded, and no control
+/// characters but line breaks and tabs (a NUL, for one, cannot be stored in a
+/// PostgreSQL JSON value).
+pub fn check_free_text(field: &str, value: &str, max: usize) -> Result<(), Rejection> {
+    if value.chars().count() > max {
+        return Err(invalid(format!("{field} is longer than {max} characters")));
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(invalid(format!("{field} contains control characters")));
+    }
+    Ok(())
+}
+
+/// Checks that a room version is one the server can hold (`limits::MAX_VERSION`).
+pub fn check_version(field: &str, version: u64) -> Result<u64, Rejection> {
+    if version > limits::MAX_VERSION {
+        return Err(invalid(format!(
+            "{field} must be at most {}",
+            limits::MAX_VERSION
+        )));
+    }
+    Ok(version)
+}
+
+fn invalid(message: String) -> Rejection {
+    Rejection::new(ErrorCode::InvalidPayload, message)
+}
+
+/// An instant given as RFC 3339 text (a client's `phaseStartTime`, an admin call's),
+/// parsed and range-checked once where it enters; the text is kept so it is echoed
+/// exactly as sent. Only instants from 1970 up to (not including) 2200 are accepted:
+/// anything else is a mistake or an attack, and a deadline computed from an accepted
+/// instant can never leave the range the date type holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timestamp {
+    text: String,
+    at: time::OffsetDateTime,
+}
+
+impl Timestamp {
+    /// The earliest accepted instant (inclusive).
+    pub const EARLIEST: time::OffsetDateTime = time::macros::datetime!(1970-01-01 00:00 UTC);
+    /// The latest accepted instant (exclusive).
+    pub const LATEST: time::OffsetDateTime = time::macros::datetime!(2200-01-01 00:00 UTC);
+
+    /// Parses and range-checks `text`; errors name `field`.
+    pub fn parse(field: &str, text: &str) -> Result<Timestamp, Rejection> {
+        let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+            .map_err(|_| invalid(format!("{field} must be an RFC 3339 timestamp")))?;
+        if at < Self::EARLIEST || at >= Self::LATEST {
+            return Err(invalid(format!("{field} must be between 1970 and 2199")));
+        }
+        Ok(Timestamp {
+            text: text.to_string(),
+            at,
+        })
+    }
+
+    /// A server-made time (UTC, milliseconds, `Z`). `at` comes from the server's own
+    /// clock, so it is in range.
+    pub fn from_instant(at: time::OffsetDateTime) -> Timestamp {
+        Timestamp {
+            text: format_time(at),
+            at,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn at(&self) -> time::OffsetDateTime {
+        self.at
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        Timestamp::parse("timestamp", &text).map_err(|why| serde::de::Error::custom(why.message))
+    }
 }
 
 /// Formats a server-made time: UTC, millisecond precision, `Z` suffix.

@@ -10,8 +10,8 @@ pub mod rules;
 
 use crate::protocol::canvas::CanvasOp;
 use crate::protocol::{
-    CreationPhase, ErrorCode, GameStatus, PlayerSummary, Rejection, RoomSnapshot, check_id,
-    check_timestamp, format_time, limits,
+    CreationPhase, ErrorCode, GameStatus, PlayerSummary, Rejection, RoomSnapshot, Timestamp,
+    check_id, check_room_code, check_version, format_time, limits,
 };
 use canvas::Canvas;
 use serde::{Deserialize, Serialize};
@@ -66,7 +66,7 @@ pub enum Action {
     SetStatus {
         status: GameStatus,
         phase: Option<CreationPhase>,
-        start_time: Option<String>,
+        start_time: Option<Timestamp>,
     },
     Present {
         present_index: i64,
@@ -93,7 +93,7 @@ pub enum Action {
     Force {
         status: GameStatus,
         phase: Option<CreationPhase>,
-        start_time: Option<String>,
+        start_time: Option<Timestamp>,
     },
     /// Replaces the fields that are `Some`.
     UpdateSettings {
@@ -261,6 +261,8 @@ pub struct Room {
     pub big_ideas: BTreeMap<String, BigIdea>,
     /// The brief the backend last announced (`brief_updated`).
     pub brief_id: Option<String>,
+    /// `snapshot.phase_start_time`, parsed once when it was set.
+    phase_start: Option<OffsetDateTime>,
 }
 
 impl Room {
@@ -270,7 +272,7 @@ impl Room {
         players: Vec<PlayerSummary>,
         settings: Settings,
     ) -> Result<Room, Rejection> {
-        check_id("roomCode", code, limits::ROOM_CODE_MAX)?;
+        check_room_code("roomCode", code)?;
         let mut room = Room {
             snapshot: RoomSnapshot {
                 id: uuid::Uuid::new_v4().to_string(),
@@ -287,6 +289,7 @@ impl Room {
             canvases: BTreeMap::new(),
             big_ideas: BTreeMap::new(),
             brief_id: None,
+            phase_start: None,
         };
         room.set_players(players)?;
         Ok(room)
@@ -306,14 +309,15 @@ impl Room {
             check_id("initialSnapshot.id", &seed.id, limits::ID_MAX)?;
             room.snapshot.id = seed.id.clone();
         }
-        if let Some(t) = &seed.phase_start_time {
-            check_timestamp("initialSnapshot.phaseStartTime", t)?;
-        }
+        let start = match &seed.phase_start_time {
+            Some(t) => Some(Timestamp::parse("initialSnapshot.phaseStartTime", t)?),
+            None => None,
+        };
+        room.snapshot.version = check_version("initialSnapshot.version", seed.version)?;
         let (status, phase) = rules::normalize(seed.status, seed.current_phase);
         room.snapshot.status = status;
         room.snapshot.current_phase = phase;
-        room.snapshot.phase_start_time = seed.phase_start_time.clone();
-        room.snapshot.version = seed.version;
+        room.set_phase_start(start);
         room.refresh_deadline();
         Ok(room)
     }
@@ -374,9 +378,12 @@ impl Room {
         }
         let snapshot = stored.snapshot;
         let mut room = Room::new(&snapshot.code, snapshot.players.clone(), stored.settings)?;
-        if let Some(t) = &snapshot.phase_start_time {
-            check_timestamp("phaseStartTime", t)?;
-        }
+        check_id("id", &snapshot.id, limits::ID_MAX)?;
+        check_version("version", snapshot.version)?;
+        let start = match &snapshot.phase_start_time {
+            Some(t) => Some(Timestamp::parse("phaseStartTime", t)?),
+            None => None,
+        };
         let (status, phase) = rules::normalize(snapshot.status, snapshot.current_phase);
         room.snapshot = RoomSnapshot {
             status,
@@ -385,6 +392,7 @@ impl Room {
             phase_ends_at: None,
             ..snapshot
         };
+        room.set_phase_start(start);
         room.canvases = stored.canvases;
         room.big_ideas = stored.big_ideas;
         room.brief_id = stored.brief_id;
@@ -422,9 +430,27 @@ impl Room {
         if !self.settings.auto_advance || self.snapshot.status != GameStatus::Creating {
             return None;
         }
-        let start = self.snapshot.phase_start_time.as_deref()?;
-        let start = check_timestamp("phaseStartTime", start).ok()?;
-        Some(start + time::Duration::seconds(i64::from(seconds)))
+        self.phase_start?
+            .checked_add(time::Duration::seconds(i64::from(seconds)))
+    }
+
+    fn set_phase_start(&mut self, start: Option<Timestamp>) {
+        self.phase_start = start.as_ref().map(Timestamp::at);
+        self.snapshot.phase_start_time = start.map(|t| t.as_str().to_string());
+    }
+
+    /// The version the next change gets; refused once the room has used its last.
+    fn next_version(&self) -> Result<u64, Rejection> {
+        self.snapshot
+            .version
+            .checked_add(1)
+            .filter(|v| *v <= limits::MAX_VERSION)
+            .ok_or_else(|| {
+                Rejection::new(
+                    ErrorCode::InvalidTransition,
+                    "the room has used its last version",
+                )
+            })
     }
 
     fn refresh_deadline(&mut self) {
@@ -444,6 +470,12 @@ impl Room {
                 "only the server may do this",
             ));
         }
+        // Every action but a presentation moves the version; refuse it up front, with
+        // the room untouched, once the version is spent.
+        let next = match action {
+            Action::Present { .. } => self.snapshot.version,
+            _ => self.next_version()?,
+        };
         let event = match action {
             Action::Connect => {
                 let id = self.acting_player(actor)?;
@@ -480,7 +512,7 @@ impl Room {
                 for p in &mut self.snapshot.players {
                     p.is_ready = false;
                 }
-                self.move_to(to, format_time(now));
+                self.move_to(to, Timestamp::from_instant(now));
                 rules::event_for(from, to)
             }
             Action::SetStatus {
@@ -498,10 +530,10 @@ impl Room {
                 }
                 let from = (self.snapshot.status, self.snapshot.current_phase);
                 let to = rules::requested_step(from, status, phase)?;
-                if let Some(t) = &start_time {
-                    check_timestamp("phaseStartTime", t)?;
-                }
-                self.move_to(to, start_time.unwrap_or_else(|| format_time(now)));
+                self.move_to(
+                    to,
+                    start_time.unwrap_or_else(|| Timestamp::from_instant(now)),
+                );
                 Event::StatusChanged
             }
             Action::Present {
@@ -534,7 +566,6 @@ impl Room {
                     "canvas deltas are accepted only in the running creation phase",
                 )?;
                 require_room_for(&self.canvases, &adlob_id, "canvases")?;
-                let next = self.snapshot.version + 1;
                 // A new canvas is inserted only once its first op applied, so a
                 // rejected op (e.g. `remove` on an empty canvas) leaves no trace.
                 match self.canvases.get_mut(&adlob_id) {
@@ -565,7 +596,7 @@ impl Room {
                     BigIdea {
                         text: text.clone(),
                         author_id: id.clone(),
-                        version: self.snapshot.version + 1,
+                        version: next,
                     },
                 );
                 Event::BigIdeaSubmitted {
@@ -588,11 +619,11 @@ impl Room {
                 phase,
                 start_time,
             } => {
-                if let Some(t) = &start_time {
-                    check_timestamp("phaseStartTime", t)?;
-                }
                 let to = rules::normalize(status, phase);
-                self.move_to(to, start_time.unwrap_or_else(|| format_time(now)));
+                self.move_to(
+                    to,
+                    start_time.unwrap_or_else(|| Timestamp::from_instant(now)),
+                );
                 Event::StatusChanged
             }
             Action::UpdateSettings { patch } => {
@@ -643,7 +674,7 @@ impl Room {
                 }
             }
         };
-        self.snapshot.version += 1;
+        self.snapshot.version = next;
         self.refresh_deadline();
         Ok(Applied {
             event,
@@ -673,10 +704,10 @@ impl Room {
         Ok(Event::PlayerJoined { player_id })
     }
 
-    fn move_to(&mut self, (status, phase): (GameStatus, Option<CreationPhase>), start: String) {
+    fn move_to(&mut self, (status, phase): (GameStatus, Option<CreationPhase>), start: Timestamp) {
         self.snapshot.status = status;
         self.snapshot.current_phase = phase;
-        self.snapshot.phase_start_time = Some(start);
+        self.set_phase_start(Some(start));
     }
 
     fn acting_player(&self, actor: &Actor) -> Result<String, Rejection> {

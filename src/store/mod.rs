@@ -9,6 +9,7 @@
 pub mod writer;
 
 use crate::config::Database;
+use crate::protocol::Timestamp;
 use crate::room::{Action, Actor, Room, StoredRoom};
 use serde::{Deserialize, Serialize};
 use sqlx::migrate::{MigrateError, Migrator};
@@ -64,8 +65,8 @@ pub struct SnapshotRow {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct EventPayload {
     pub actor: Actor,
-    #[serde(with = "time::serde::rfc3339")]
-    pub at: OffsetDateTime,
+    /// Range-checked when a stored row is read back, like any other input.
+    pub at: Timestamp,
     pub action: Action,
 }
 
@@ -269,7 +270,7 @@ impl Store {
             }
             let event: EventPayload = serde_json::from_str(&payload)
                 .map_err(|e| format!("event {version} is malformed: {e}"))?;
-            room.apply(&event.actor, event.action, event.at)
+            room.apply(&event.actor, event.action, event.at.at())
                 .map_err(|why| format!("event {version} does not apply: {}", why.message))?;
         }
         Ok(())

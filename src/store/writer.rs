@@ -69,7 +69,7 @@ impl Observer for Persistence {
         }
         let payload = EventPayload {
             actor: change.origin.actor(),
-            at: change.at,
+            at: crate::protocol::Timestamp::from_instant(change.at),
             action: change.action.clone(),
         };
         let payload = match serde_json::to_string(&payload) {
