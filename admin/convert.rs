@@ -160,37 +160,6 @@ pub fn room_to_pb(info: &RoomInfo) -> pb::Room {
     }
 }
 
-/// The `type` and version of a player frame, for `RoomEvent`.
-pub fn event_of(frame: &str) -> pb::RoomEvent {
-    #[derive(serde::Deserialize)]
-    struct Versioned {
-        version: Option<u64>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Head {
-        #[serde(rename = "type")]
-        kind: String,
-        version: Option<u64>,
-        snapshot: Option<Versioned>,
-    }
-    let head: Option<Head> = serde_json::from_str(frame).ok();
-    let (kind, version) = match head {
-        Some(h) => {
-            let version = h
-                .version
-                .or(h.snapshot.and_then(|s| s.version))
-                .unwrap_or(0);
-            (h.kind, version)
-        }
-        None => (String::new(), 0),
-    };
-    pb::RoomEvent {
-        r#type: kind,
-        version,
-        json: frame.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,13 +206,5 @@ mod tests {
         );
         let err = player_from_pb("host", None).expect_err("missing");
         assert_eq!(err.message(), "host: is required");
-    }
-
-    #[test]
-    fn events_carry_type_and_version() {
-        let e = event_of(r#"{"type":"ready_update","version":7}"#);
-        assert_eq!((e.r#type.as_str(), e.version), ("ready_update", 7));
-        let e = event_of(r#"{"type":"room_state","snapshot":{"version":9}}"#);
-        assert_eq!((e.r#type.as_str(), e.version), ("room_state", 9));
     }
 }

@@ -4,9 +4,12 @@
 use super::convert::{self, invalid, status_of};
 use super::pb::{self, room_admin_server::RoomAdmin};
 use crate::auth::now_secs;
+use crate::edge::frame::close;
 use crate::observe::Origin;
-use crate::outbox::{Outbox, close};
+use crate::outbox::{Outbox, Weigh};
 use crate::owner::RoomHandle;
+use crate::owner::WatchEvent;
+use crate::protocol::ErrorCode;
 use crate::room::{Action, Room, Settings};
 use crate::server::App;
 use futures_util::Stream;
@@ -17,8 +20,9 @@ use tonic::{Request, Response, Status};
 /// Alphabet of generated room codes: no look-alikes (0/O, 1/I/L).
 const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ23456789";
 const CODE_LEN: usize = 6;
-/// Frames a watcher may fall behind by before it is cut off.
+/// Events, and bytes of events, a watcher may fall behind by before it is cut off.
 const WATCH_QUEUE: usize = 1024;
+const WATCH_QUEUE_BYTES: usize = 1 << 20;
 const LIST_PAGE_DEFAULT: u32 = 50;
 const LIST_PAGE_MAX: u32 = 500;
 const CLOSE_REASON_MAX: usize = 100;
@@ -437,31 +441,72 @@ impl RoomAdmin for AdminService {
         let req = request.into_inner();
         self.ensure_serving()?;
         let handle = self.room("room_code", &req.room_code)?;
-        let (out, rx) = Outbox::channel(WATCH_QUEUE);
-        if !handle.watch(out.clone()).await {
-            return Err(Status::not_found(format!(
-                "room {} not found",
-                req.room_code
-            )));
-        }
-        tracing::info!(roomCode = %req.room_code, "admin_watch_started");
-        let shutdown = self.app.shutdown.clone();
-        let stream = futures_util::stream::unfold(Some((rx, out, shutdown)), |state| async move {
-            let (mut rx, out, shutdown) = state?;
-            tokio::select! {
-                biased;
-                frame = rx.recv() => {
-                    let frame = frame?;
-                    let event = convert::event_of(&frame);
-                    Some((Ok(event), Some((rx, out, shutdown))))
+        let out: Outbox<WatchEvent> = Outbox::new(WATCH_QUEUE, WATCH_QUEUE_BYTES);
+        handle
+            .watch(out.clone())
+            .await
+            .map_err(|why| match why.code {
+                ErrorCode::RoomNotFound => {
+                    Status::not_found(format!("room {} not found", req.room_code))
                 }
-                // Queued frames drain first (biased); then the reason decides the end.
-                _ = out.closed() => (out.close_code() == close::TRY_AGAIN_LATER).then(|| {
-                    (Err(Status::resource_exhausted("watcher fell behind the room")), None)
-                }),
-                _ = shutdown.cancelled() => None,
-            }
+                _ => Status::resource_exhausted(why.message),
+            })?;
+        tracing::info!(roomCode = %req.room_code, "admin_watch_started");
+        let watch = Watch {
+            out: CloseOnDrop(out),
+            pending: std::collections::VecDeque::new(),
+            shutdown: self.app.shutdown.clone(),
+        };
+        let stream = futures_util::stream::unfold(Some(watch), |state| async move {
+            let mut watch = state?;
+            let next = watch.next().await?;
+            Some((next, Some(watch)))
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// A watcher's queue, closed when its stream is dropped (the caller went away), so
+/// the room lets its place go at its next checkpoint tick.
+struct CloseOnDrop(Outbox<WatchEvent>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close(close::NORMAL);
+    }
+}
+
+/// One `WatchRoom` stream's state.
+struct Watch {
+    out: CloseOnDrop,
+    pending: std::collections::VecDeque<WatchEvent>,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl Watch {
+    /// The next event; `None` when the stream ends.
+    async fn next(&mut self) -> Option<Result<pb::RoomEvent, Status>> {
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                self.out.0.release(event.weight());
+                return Some(Ok(pb::RoomEvent {
+                    r#type: event.kind.to_string(),
+                    version: event.version,
+                    json: String::from_utf8_lossy(&event.json).into_owned(),
+                }));
+            }
+            let mut batch = Vec::new();
+            let more = tokio::select! {
+                biased;
+                more = self.out.0.take(&mut batch) => more,
+                _ = self.shutdown.cancelled() => return None,
+            };
+            if !more {
+                // Queued events were delivered first; then the reason decides the end.
+                return (self.out.0.close_code() == close::TRY_AGAIN_LATER)
+                    .then(|| Err(Status::resource_exhausted("watcher fell behind the room")));
+            }
+            self.pending.extend(batch);
+        }
     }
 }

@@ -9,7 +9,8 @@ use criterion::{
     BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
 };
 use karaoke_realtime::auth::{TokenKeys, now_secs};
-use karaoke_realtime::outbox::{Frame, Outbox, Push};
+use karaoke_realtime::edge::frame::Frame;
+use karaoke_realtime::outbox::{Outbox, Push};
 use karaoke_realtime::protocol::client::{ClientMessage, decode};
 use karaoke_realtime::protocol::server::ServerMessage;
 use karaoke_realtime::protocol::{ErrorCode, PlayerSummary};
@@ -17,7 +18,6 @@ use karaoke_realtime::room::{Action, Actor, Room, Settings};
 use std::hint::black_box;
 use std::time::Duration;
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
 
 const ROOM: &str = "ABCD12";
 const PLAYERS: usize = 8;
@@ -184,11 +184,14 @@ fn room_rules(c: &mut Criterion) {
 }
 
 /// Drains every receiver so the bounded queues never fill.
-fn drain(receivers: &mut [mpsc::Receiver<Frame>]) {
-    for rx in receivers {
-        while let Ok(frame) = rx.try_recv() {
-            black_box(frame);
-        }
+/// What a socket's writer does at each wake-up: take everything queued, release it.
+fn drain(outboxes: &[Outbox]) {
+    let mut batch = Vec::new();
+    for outbox in outboxes {
+        outbox.take_now(&mut batch);
+        outbox.release(batch.iter().map(Frame::len).sum());
+        black_box(&batch);
+        batch.clear();
     }
 }
 
@@ -206,33 +209,31 @@ fn bench_fanout(
     name: &str,
     message: &ServerMessage<'_>,
     outboxes: &[Outbox],
-    receivers: &mut [mpsc::Receiver<Frame>],
 ) {
     group.bench_function(format!("{name}/serialize"), |b| {
-        b.iter(|| black_box(message).to_text())
+        b.iter(|| Frame::json(black_box(message)))
     });
     group.bench_function(format!("{name}/serialize_once_fanout_8"), |b| {
         b.iter(|| {
-            let frame: Frame = black_box(message).to_text().into();
+            let frame = Frame::json(black_box(message));
             for outbox in outboxes {
                 push(outbox, frame.clone());
             }
-            drain(receivers);
+            drain(outboxes);
         })
     });
     group.bench_function(format!("{name}/serialize_per_recipient_8"), |b| {
         b.iter(|| {
             for outbox in outboxes {
-                push(outbox, black_box(message).to_text().into());
+                push(outbox, Frame::json(black_box(message)));
             }
-            drain(receivers);
+            drain(outboxes);
         })
     });
 }
 
 fn broadcast(c: &mut Criterion) {
-    let (outboxes, mut receivers): (Vec<Outbox>, Vec<mpsc::Receiver<Frame>>) =
-        (0..PLAYERS).map(|_| Outbox::channel(256)).unzip();
+    let outboxes: Vec<Outbox> = (0..PLAYERS).map(|_| Outbox::new(1024, 8 << 20)).collect();
 
     // A mid-game snapshot: everyone connected, some ready, in the visual phase.
     let mut room = room();
@@ -261,20 +262,8 @@ fn broadcast(c: &mut Criterion) {
     };
 
     let mut group = c.benchmark_group("broadcast");
-    bench_fanout(
-        &mut group,
-        "presentation_state",
-        &presentation,
-        &outboxes,
-        &mut receivers,
-    );
-    bench_fanout(
-        &mut group,
-        "room_state_8p",
-        &room_state,
-        &outboxes,
-        &mut receivers,
-    );
+    bench_fanout(&mut group, "presentation_state", &presentation, &outboxes);
+    bench_fanout(&mut group, "room_state_8p", &room_state, &outboxes);
     group.finish();
 }
 

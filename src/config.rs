@@ -337,8 +337,16 @@ impl Config {
         let max_message_bytes = r.number("MAX_MESSAGE_BYTES", 64 * 1024usize, 1024, 16 << 20);
         let rate_limit_per_sec = r.number("RATE_LIMIT_PER_SEC", 50u32, 1, 1_000_000);
         let rate_limit_burst = r.number("RATE_LIMIT_BURST", 100u32, 1, 1_000_000);
-        let outbound_queue_limit = r.number("OUTBOUND_QUEUE_LIMIT", 256usize, 4, 1_000_000);
+        let outbound_queue_limit = r.number("OUTBOUND_QUEUE_LIMIT", 1024usize, 4, 1_000_000);
         let room_history_limit = r.number("ROOM_HISTORY_LIMIT", 512usize, 0, 1_000_000);
+        // A resume replays up to the whole history plus hello_ack into one queue, so
+        // anything the history holds must fit.
+        if outbound_queue_limit <= room_history_limit {
+            r.errors.push(format!(
+                "OUTBOUND_QUEUE_LIMIT: must be greater than ROOM_HISTORY_LIMIT ({room_history_limit}), \
+                 so every event the history holds can be replayed"
+            ));
+        }
         let max_sockets_per_room = r.number("MAX_SOCKETS_PER_ROOM", 64usize, 1, 100_000);
         let shutdown_grace = r.millis("SHUTDOWN_GRACE_MS", 10_000, 0);
         let url = r

@@ -10,11 +10,22 @@ use crate::room::{Action, Applied, Room};
 use crate::telemetry::Metrics;
 use std::sync::Arc;
 
+/// One socket's identity, unique among the sockets of this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct ConnId(pub u64);
+
+impl ConnId {
+    pub fn next() -> ConnId {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        ConnId(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
 /// Where a command came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
     /// A player's socket on this node.
-    Socket { conn: u64, player_id: String },
+    Socket { conn: ConnId, player_id: String },
     /// The server itself: phase timers, and later the admin plane.
     Server,
 }

@@ -6,14 +6,18 @@
 //! rules, serializes each resulting event once, records it in the bounded resume
 //! history, fans the frame out to the room's sockets and tells the observers.
 
+use crate::edge::frame::{Frame, close};
 use crate::observe::{Change, Observers, Origin};
-use crate::outbox::{Frame, Outbox, Push};
+use crate::outbox::{Outbox, Push, Weigh};
 use crate::protocol::server::{BigIdeaState, CanvasState, ServerMessage};
 use crate::protocol::{ErrorCode, Rejection, RoomSnapshot};
 use crate::room::{Action, Applied, Event, Room};
 use crate::telemetry::Metrics;
+use bytes::Bytes;
 use std::collections::{HashSet, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
@@ -22,6 +26,45 @@ use tokio_util::sync::CancellationToken;
 
 /// Capacity of a room's command channel; senders wait when it is full.
 const COMMAND_QUEUE: usize = 1024;
+/// The longest the owner sleeps towards a phase deadline before looking again (a far
+/// deadline is reached in steps; no instant arithmetic can overflow).
+const DEADLINE_STEP: Duration = Duration::from_secs(3600);
+
+pub use crate::observe::ConnId;
+
+/// One event as an admin-plane watcher receives it: typed, with the JSON clients got.
+#[derive(Debug, Clone)]
+pub struct WatchEvent {
+    pub kind: &'static str,
+    pub version: u64,
+    /// The message's JSON text, shared with the frame the sockets received.
+    pub json: Bytes,
+}
+
+impl Weigh for WatchEvent {
+    fn weight(&self) -> usize {
+        self.json.len()
+    }
+}
+
+/// The number of watchers across all rooms, and its bound.
+pub struct WatcherCount {
+    pub open: AtomicUsize,
+    pub max: usize,
+    pub max_per_room: usize,
+}
+
+/// A watcher's place under the bounds; given back when the owner drops it.
+struct Watcher {
+    out: Outbox<WatchEvent>,
+    count: Arc<WatcherCount>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.count.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// What every room owner shares.
 pub struct RoomContext {
@@ -35,11 +78,14 @@ pub struct RoomContext {
     /// Cancelled at shutdown: sockets then leave without changing room state, so a
     /// client that reconnects after a restart finds the version it last saw.
     pub shutdown: CancellationToken,
+    pub watchers: Arc<WatcherCount>,
+    /// A client-seeded room with no socket and no watcher for this long is closed.
+    pub seeded_idle_ttl: Duration,
 }
 
 /// One socket attached to a room.
 pub struct Member {
-    pub conn: u64,
+    pub conn: ConnId,
     pub player_id: String,
     pub out: Outbox,
 }
@@ -51,7 +97,7 @@ pub enum RoomMsg {
         reply: oneshot::Sender<Result<(), Rejection>>,
     },
     Detach {
-        conn: u64,
+        conn: ConnId,
     },
     Command {
         origin: Origin,
@@ -64,10 +110,11 @@ pub enum RoomMsg {
     Info {
         reply: oneshot::Sender<RoomInfo>,
     },
-    /// Adds a watcher: it receives every event frame (not heartbeats), starting with
-    /// the current `room_state`.
+    /// Adds a watcher: it receives every event (not heartbeats), starting with the
+    /// current `room_state`. Refused past the bounds on watchers.
     Watch {
-        out: Outbox,
+        out: Outbox<WatchEvent>,
+        reply: oneshot::Sender<Result<(), Rejection>>,
     },
     /// Saves the room now if it changed (shutdown), then replies.
     Checkpoint {
@@ -118,7 +165,7 @@ impl RoomHandle {
         rx.await.map_err(|_| gone())?
     }
 
-    pub async fn detach(&self, conn: u64) {
+    pub async fn detach(&self, conn: ConnId) {
         let _ = self.tx.send(RoomMsg::Detach { conn }).await;
     }
 
@@ -166,9 +213,20 @@ impl RoomHandle {
         }
     }
 
-    /// Registers a watcher's outbox; false if the room is gone.
-    pub async fn watch(&self, out: Outbox) -> bool {
-        self.tx.send(RoomMsg::Watch { out }).await.is_ok()
+    /// Registers a watcher's queue; refused when the room is gone or past the
+    /// bounds on watchers.
+    pub async fn watch(&self, out: Outbox<WatchEvent>) -> Result<(), Rejection> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(RoomMsg::Watch { out, reply })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Whether the owner task has ended (closed, expired or crashed).
+    pub fn is_gone(&self) -> bool {
+        self.tx.is_closed()
     }
 
     /// Closes the room; returns its final snapshot, or `None` if it was already gone.
@@ -179,23 +237,47 @@ impl RoomHandle {
     }
 }
 
-/// Starts the owner task of `room` and returns its handle.
-/// `saved`: the room is already stored as it is (restored at start-up), so its first
-/// checkpoint can wait for a change.
-pub fn spawn(room: Room, ctx: Arc<RoomContext>, saved: bool) -> RoomHandle {
+/// How a room came to exist, which decides whether it expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provenance {
+    /// Created by the admin plane; it lives until CloseRoom.
+    Server,
+    /// Created from a client's `initialSnapshot`; it closes itself after
+    /// `seeded_idle_ttl` with no socket and no watcher.
+    Seeded,
+    /// Loaded from the store at start-up (already saved as it is).
+    Restored,
+}
+
+/// Starts the owner task of `room` and returns its handle. `on_exit` runs once when
+/// the task ends, however it ends (closed, expired, or crashed), so the registry
+/// never keeps a handle to an owner that is gone.
+pub fn spawn(
+    room: Room,
+    ctx: Arc<RoomContext>,
+    provenance: Provenance,
+    on_exit: impl FnOnce() + Send + 'static,
+) -> RoomHandle {
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let code: Arc<str> = room.code().into();
+    let saved = provenance == Provenance::Restored;
     let owner = Owner {
         checkpointed: saved.then(|| saved_state(&room)),
         restored_at: saved.then(|| room.version()),
         joined_since_restore: HashSet::new(),
+        seeded: provenance == Provenance::Seeded,
+        idle_since: Instant::now(),
+        deadline: None,
         room,
         members: Vec::new(),
         watchers: Vec::new(),
         history: VecDeque::new(),
         ctx,
     };
-    tokio::spawn(owner.run(rx));
+    tokio::spawn(async move {
+        owner.run(rx).await;
+        on_exit();
+    });
     RoomHandle { code, tx }
 }
 
@@ -207,18 +289,28 @@ fn saved_state(room: &Room) -> SavedState {
     (room.version(), room.snapshot().presentation)
 }
 
-/// Whether the owner goes on after a message (it stops after `Close`).
+/// Whether the owner goes on after a step (it stops after `Close`).
 #[derive(Debug, PartialEq, Eq)]
 enum Flow {
     Continue,
     Stop,
 }
 
+/// One thing the owner's loop woke up for. It only lives on the stack for one step,
+/// so its size does not matter (boxing the message would cost an allocation each).
+#[allow(clippy::large_enum_variant)]
+enum Wake {
+    Msg(RoomMsg),
+    Heartbeat,
+    Checkpoint,
+    Deadline,
+}
+
 struct Owner {
     room: Room,
     members: Vec<Member>,
     /// Admin-plane watchers of this room's events.
-    watchers: Vec<Outbox>,
+    watchers: Vec<Watcher>,
     /// What the last checkpoint offered to observers held (see `saved_state`).
     checkpointed: Option<SavedState>,
     /// (version, frame) of the last changes, oldest first, for `lastVersion` resume.
@@ -228,15 +320,18 @@ struct Owner {
     restored_at: Option<u64>,
     /// Players who have joined since the room was restored (see `resumable`).
     joined_since_restore: HashSet<String>,
+    /// Created by a client seed: expires when idle.
+    seeded: bool,
+    /// When the room last had no socket and no watcher (valid while it has none).
+    idle_since: Instant,
+    /// When the running phase's timer fires, computed once per change.
+    deadline: Option<Instant>,
     ctx: Arc<RoomContext>,
 }
 
 impl Owner {
     async fn run(mut self, mut rx: mpsc::Receiver<RoomMsg>) {
-        self.ctx
-            .metrics
-            .rooms_live
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.ctx.metrics.rooms_live.fetch_add(1, Ordering::Relaxed);
         let mut heartbeat = tokio::time::interval_at(
             Instant::now() + self.ctx.heartbeat_interval,
             self.ctx.heartbeat_interval,
@@ -245,35 +340,107 @@ impl Owner {
         let mut checkpoints = tokio::time::interval(self.ctx.checkpoint_interval);
         checkpoints.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first tick is immediate: a new room is saved as soon as it exists.
+        self.refresh_deadline();
         loop {
-            let deadline = self.phase_deadline();
-            tokio::select! {
+            let wake = tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(msg) => {
-                        if self.handle(msg) == Flow::Stop {
-                            break;
-                        }
-                    }
+                    Some(msg) => Wake::Msg(msg),
                     None => break,
                 },
-                _ = heartbeat.tick() => self.send_heartbeat(),
-                _ = checkpoints.tick() => self.checkpoint(false),
-                _ = sleep_until(deadline) => {
-                    self.command(Origin::Server, Action::Advance, None);
+                _ = heartbeat.tick() => Wake::Heartbeat,
+                _ = checkpoints.tick() => Wake::Checkpoint,
+                _ = sleep_until(self.deadline) => Wake::Deadline,
+            };
+            // No input may take a room down for good: a panic in the room's rules or
+            // here is contained to this room, which is then closed (see `contain`).
+            match std::panic::catch_unwind(AssertUnwindSafe(|| self.step(wake))) {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Stop) => break,
+                Err(panic) => {
+                    self.contain(panic.as_ref());
+                    break;
                 }
             }
         }
-        self.ctx
-            .metrics
-            .rooms_live
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.ctx.metrics.rooms_live.fetch_sub(1, Ordering::Relaxed);
     }
 
-    fn phase_deadline(&self) -> Option<Instant> {
-        let at = self.room.phase_deadline()?;
-        let left = at - OffsetDateTime::now_utc();
-        let left = Duration::try_from(left).unwrap_or(Duration::ZERO);
-        Some(Instant::now() + left)
+    fn step(&mut self, wake: Wake) -> Flow {
+        let flow = match wake {
+            Wake::Msg(msg) => self.handle(msg),
+            Wake::Heartbeat => {
+                self.send_heartbeat();
+                Flow::Continue
+            }
+            Wake::Checkpoint => self.tick(),
+            Wake::Deadline => {
+                if self.deadline_passed() {
+                    self.command(Origin::Server, Action::Advance, None);
+                }
+                Flow::Continue
+            }
+        };
+        self.refresh_deadline();
+        flow
+    }
+
+    /// A panic escaped the room's rules or the owner: say so, close every socket
+    /// with 1011 and every watcher, and stop. The registry then forgets the room
+    /// (`on_exit`) and retires its code; its last snapshot stays in the store, so a
+    /// restart restores it as it was before the failing change.
+    fn contain(&mut self, panic: &(dyn std::any::Any + Send)) {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".to_string());
+        Metrics::inc(&self.ctx.metrics.counters.room_owner_panics_total);
+        tracing::error!(
+            roomCode = %self.room.code(),
+            version = self.room.version(),
+            error = %message,
+            "room_owner_panicked"
+        );
+        for m in self.members.drain(..) {
+            m.out.close(close::INTERNAL_ERROR);
+        }
+        for w in self.watchers.drain(..) {
+            w.out.close(close::INTERNAL_ERROR);
+        }
+    }
+
+    /// Recomputes when the phase timer fires (after every step: only a change can
+    /// move it, and computing it here keeps the loop free of date arithmetic).
+    fn refresh_deadline(&mut self) {
+        self.deadline = self.room.phase_deadline().map(|at| {
+            let left = Duration::try_from(at - OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO);
+            Instant::now() + left.min(DEADLINE_STEP)
+        });
+    }
+
+    /// Whether the phase deadline has really passed (a far one is slept towards in
+    /// steps of `DEADLINE_STEP`).
+    fn deadline_passed(&self) -> bool {
+        self.room
+            .phase_deadline()
+            .is_some_and(|at| at <= OffsetDateTime::now_utc())
+    }
+
+    /// The checkpoint timer: save the room if it changed, drop watchers that went
+    /// away, and close a seeded room that has been idle for too long.
+    fn tick(&mut self) -> Flow {
+        self.checkpoint(false);
+        self.watchers.retain(|w| !w.out.is_closing());
+        if !self.members.is_empty() || !self.watchers.is_empty() {
+            self.idle_since = Instant::now();
+            return Flow::Continue;
+        }
+        if self.seeded && self.idle_since.elapsed() >= self.ctx.seeded_idle_ttl {
+            tracing::info!(roomCode = %self.room.code(), version = self.room.version(), "room_expired");
+            self.close("room expired");
+            return Flow::Stop;
+        }
+        Flow::Continue
     }
 
     fn handle(&mut self, msg: RoomMsg) -> Flow {
@@ -302,10 +469,8 @@ impl Owner {
                 self.checkpoint(false);
                 let _ = reply.send(());
             }
-            RoomMsg::Watch { out } => {
-                if out.push(self.room_state_frame()) == Push::Queued {
-                    self.watchers.push(out);
-                }
+            RoomMsg::Watch { out, reply } => {
+                let _ = reply.send(self.watch(out));
             }
             RoomMsg::Close { reason, reply } => {
                 self.close(&reason);
@@ -314,6 +479,40 @@ impl Owner {
             }
         }
         Flow::Continue
+    }
+
+    fn watch(&mut self, out: Outbox<WatchEvent>) -> Result<(), Rejection> {
+        self.watchers.retain(|w| !w.out.is_closing());
+        let count = &self.ctx.watchers;
+        if self.watchers.len() >= count.max_per_room {
+            return Err(Rejection::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "this room has {} watchers, the most it takes",
+                    count.max_per_room
+                ),
+            ));
+        }
+        if count.open.fetch_add(1, Ordering::AcqRel) >= count.max {
+            count.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(Rejection::new(
+                ErrorCode::RateLimited,
+                format!("the server has {} watchers, the most it takes", count.max),
+            ));
+        }
+        let watcher = Watcher {
+            out,
+            count: count.clone(),
+        };
+        let state = self.room_state_frame();
+        if watcher
+            .out
+            .push(watch_event("room_state", self.room.version(), &state))
+            == Push::Queued
+        {
+            self.watchers.push(watcher);
+        }
+        Ok(())
     }
 
     /// Offers the room's whole state to observers if it changed since the last time.
@@ -331,11 +530,10 @@ impl Owner {
     fn close(&mut self, reason: &str) {
         self.checkpoint(true);
         for m in self.members.drain(..) {
-            m.out
-                .close_with_reason(crate::outbox::close::ROOM_CLOSED, reason);
+            m.out.close_with_reason(close::ROOM_CLOSED, reason);
         }
         for w in self.watchers.drain(..) {
-            w.close(crate::outbox::close::ROOM_CLOSED);
+            w.out.close(close::ROOM_CLOSED);
         }
         tracing::info!(roomCode = %self.room.code(), version = self.room.version(), "room_closed");
     }
@@ -404,27 +602,53 @@ impl Owner {
     }
 
     /// Sends `hello_ack`, then the events after `last_version` if the history still
-    /// holds all of them. Returns whether it did (`recovered`).
-    fn send_hello(&mut self, conn: u64, last_version: Option<u64>) -> bool {
+    /// holds all of them and they fit the socket's queue together. Returns whether it
+    /// did (`recovered`); if not, the snapshot in `hello_ack` is the truth.
+    fn send_hello(&mut self, conn: ConnId, last_version: Option<u64>) -> bool {
+        let Some(out) = self
+            .members
+            .iter()
+            .find(|m| m.conn == conn)
+            .map(|m| m.out.clone())
+        else {
+            return false;
+        };
         let version = self.room.version();
-        let missed: Option<Vec<Frame>> = match last_version {
+        let mut missed: Option<Vec<Frame>> = match last_version {
             Some(v) if v == version => Some(Vec::new()),
-            Some(v) if v < version => {
-                let first = self.history.front().map(|(first, _)| *first);
-                match first {
-                    Some(first) if first <= v + 1 => Some(
-                        self.history
-                            .iter()
-                            .filter(|(ver, _)| *ver > v)
-                            .map(|(_, f)| f.clone())
-                            .collect(),
-                    ),
-                    _ => None,
-                }
-            }
+            Some(v) if v < version => match self.history.front() {
+                // `v < version <= MAX_VERSION`, so `v + 1` cannot overflow.
+                Some((first, _)) if *first <= v + 1 => Some(
+                    self.history
+                        .iter()
+                        .filter(|(ver, _)| *ver > v)
+                        .map(|(_, f)| f.clone())
+                        .collect(),
+                ),
+                _ => None,
+            },
             _ => None,
         };
+        let hello = |recovered| self.hello_frame(recovered);
+        let mut frame = hello(missed.is_some());
+        if let Some(events) = &missed {
+            let weight = frame.len() + events.iter().map(Frame::len).sum::<usize>();
+            if !out.has_room(events.len() + 1, weight) {
+                // Too much to replay into this socket's budget: the snapshot instead.
+                missed = None;
+                frame = hello(false);
+            }
+        }
         let recovered = missed.is_some();
+        let mut frames = vec![frame];
+        frames.extend(missed.into_iter().flatten());
+        if out.push_all(frames) == Push::Overflowed {
+            Metrics::inc(&self.ctx.metrics.counters.slow_consumer_closes_total);
+        }
+        recovered
+    }
+
+    fn hello_frame(&self, recovered: bool) -> Frame {
         let canvases = self
             .room
             .canvases
@@ -454,28 +678,16 @@ impl Owner {
                 )
             })
             .collect();
-        let hello: Frame = ServerMessage::HelloAck {
+        Frame::json(&ServerMessage::HelloAck {
             room_code: self.room.code(),
             snapshot: self.room.snapshot(),
             recovered,
             canvases,
             big_ideas,
-        }
-        .to_text()
-        .into();
-        if let Some(m) = self.members.iter().find(|m| m.conn == conn) {
-            let out = m.out.clone();
-            for frame in std::iter::once(hello).chain(missed.into_iter().flatten()) {
-                if out.push(frame) != Push::Queued {
-                    Metrics::inc(&self.ctx.metrics.counters.slow_consumer_closes_total);
-                    break;
-                }
-            }
-        }
-        recovered
+        })
     }
 
-    fn detach(&mut self, conn: u64) {
+    fn detach(&mut self, conn: ConnId) {
         let Some(at) = self.members.iter().position(|m| m.conn == conn) else {
             return;
         };
@@ -512,7 +724,7 @@ impl Owner {
             self.members.retain(|m| {
                 let removed = &m.player_id == player_id;
                 if removed {
-                    m.out.close(crate::outbox::close::REMOVED);
+                    m.out.close(close::REMOVED);
                 }
                 !removed
             });
@@ -522,8 +734,10 @@ impl Owner {
                 let _ = reply.send(result);
             }
             (None, Origin::Socket { conn, .. }, Err(why)) => {
-                let frame: Frame =
-                    crate::protocol::server::error_text(why.code, &why.message).into();
+                let frame = Frame::json(&ServerMessage::Error {
+                    code: why.code,
+                    message: &why.message,
+                });
                 if let Some(m) = self.members.iter().find(|m| m.conn == *conn) {
                     m.out.push(frame);
                 }
@@ -537,7 +751,7 @@ impl Owner {
         &mut self,
         origin: &Origin,
         action: Action,
-        except: Option<u64>,
+        except: Option<ConnId>,
     ) -> Result<Applied, Rejection> {
         let actor = origin.actor();
         let observers = self.ctx.observers.clone();
@@ -577,9 +791,9 @@ impl Owner {
         }
     }
 
-    /// Serializes the event once, records it for resume, and fans it out.
-    fn publish(&mut self, applied: &Applied, except: Option<u64>) {
-        let frame = self.event_frame(applied);
+    /// Builds the event's frame once, records it for resume, and fans it out.
+    fn publish(&mut self, applied: &Applied, except: Option<ConnId>) {
+        let (kind, frame) = self.event_frame(applied);
         if applied.changed && self.ctx.history_limit > 0 {
             if self.history.len() >= self.ctx.history_limit {
                 self.history.pop_front();
@@ -587,25 +801,24 @@ impl Owner {
             self.history.push_back((applied.version, frame.clone()));
         }
         self.broadcast(&frame, except);
-        self.notify_watchers(&frame);
+        self.notify_watchers(kind, applied.version, &frame);
         if applied.event.sends_room_state()
             && !matches!(applied.event, Event::PlayerConnected { .. })
         {
             let state = self.room_state_frame();
             self.broadcast(&state, except);
-            self.notify_watchers(&state);
+            self.notify_watchers("room_state", applied.version, &state);
         }
     }
 
     fn room_state_frame(&self) -> Frame {
-        ServerMessage::RoomState {
+        Frame::json(&ServerMessage::RoomState {
             snapshot: self.room.snapshot(),
-        }
-        .to_text()
-        .into()
+        })
     }
 
-    fn event_frame(&self, applied: &Applied) -> Frame {
+    /// The event's wire type and frame.
+    fn event_frame(&self, applied: &Applied) -> (&'static str, Frame) {
         let room_code = self.room.code();
         let snapshot = self.room.snapshot();
         let version = applied.version;
@@ -710,10 +923,10 @@ impl Owner {
                 version,
             },
         };
-        message.to_text().into()
+        (message.kind(), Frame::json(&message))
     }
 
-    fn broadcast(&self, frame: &Frame, except: Option<u64>) {
+    fn broadcast(&self, frame: &Frame, except: Option<ConnId>) {
         for m in &self.members {
             if Some(m.conn) == except {
                 continue;
@@ -725,23 +938,34 @@ impl Owner {
         }
     }
 
-    fn notify_watchers(&mut self, frame: &Frame) {
+    fn notify_watchers(&mut self, kind: &'static str, version: u64, frame: &Frame) {
+        if self.watchers.is_empty() {
+            return;
+        }
+        let event = watch_event(kind, version, frame);
         self.watchers
-            .retain(|w| w.push(frame.clone()) == Push::Queued);
+            .retain(|w| w.out.push(event.clone()) == Push::Queued);
     }
 
     fn send_heartbeat(&self) {
         if self.members.is_empty() {
             return;
         }
-        let frame: Frame = ServerMessage::Heartbeat {
+        let now_ms = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+        let frame = Frame::json(&ServerMessage::Heartbeat {
             room_code: self.room.code(),
-            timestamp: (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64,
+            timestamp: i64::try_from(now_ms).unwrap_or(i64::MAX),
             version: self.room.version(),
-        }
-        .to_text()
-        .into();
+        });
         self.broadcast(&frame, None);
+    }
+}
+
+fn watch_event(kind: &'static str, version: u64, frame: &Frame) -> WatchEvent {
+    WatchEvent {
+        kind,
+        version,
+        json: frame.payload(),
     }
 }
 

@@ -1,41 +1,58 @@
 //! The rooms this node owns, by code.
 //!
 //! Only joins, room creation and closing touch this map; once a socket has joined it
-//! holds its room's handle, so the message path never takes this lock.
+//! holds its room's handle, so the message path never takes this lock. An owner that
+//! ends for any reason (closed, expired, crashed) removes its own entry, so the map
+//! never holds a handle to a room that is gone.
 
-use crate::owner::{self, RoomContext, RoomHandle};
+use crate::owner::{self, Provenance, RoomContext, RoomHandle};
 use crate::protocol::{ErrorCode, Rejection};
 use crate::room::Room;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 
 #[derive(Default)]
 struct Rooms {
-    live: HashMap<String, RoomHandle>,
+    live: HashMap<String, Entry>,
     /// Codes of rooms that existed and were closed (here or, per the store, before
     /// a restart). A code is never reused: its versions and rows stay one history.
     retired: HashSet<String>,
+    /// Live rooms created from a client seed (bounded by `max_seeded`).
+    seeded: usize,
+}
+
+struct Entry {
+    handle: RoomHandle,
+    seeded: bool,
 }
 
 pub struct Registry {
-    rooms: RwLock<Rooms>,
+    rooms: Arc<RwLock<Rooms>>,
     ctx: Arc<RoomContext>,
+    max_seeded: usize,
 }
 
 impl Registry {
-    /// A registry that will never hand out `retired` codes.
-    pub fn new(ctx: Arc<RoomContext>, retired: impl IntoIterator<Item = String>) -> Registry {
+    /// A registry that will never hand out `retired` codes, and holds at most
+    /// `max_seeded` client-seeded rooms at once.
+    pub fn new(
+        ctx: Arc<RoomContext>,
+        retired: impl IntoIterator<Item = String>,
+        max_seeded: usize,
+    ) -> Registry {
         Registry {
-            rooms: RwLock::new(Rooms {
+            rooms: Arc::new(RwLock::new(Rooms {
                 live: HashMap::new(),
                 retired: retired.into_iter().collect(),
-            }),
+                seeded: 0,
+            })),
             ctx,
+            max_seeded,
         }
     }
 
     pub fn get(&self, code: &str) -> Option<RoomHandle> {
-        self.read().live.get(code).cloned()
+        read(&self.rooms).live.get(code).map(|e| e.handle.clone())
     }
 
     fn taken(rooms: &Rooms, code: &str) -> Option<Rejection> {
@@ -54,30 +71,45 @@ impl Registry {
         }
     }
 
+    /// Starts an owner for `room` and records it; the caller holds the write lock.
+    fn start(&self, rooms: &mut Rooms, room: Room, provenance: Provenance) -> RoomHandle {
+        let code = room.code().to_string();
+        let seeded = provenance == Provenance::Seeded;
+        let on_exit = {
+            let rooms = Arc::downgrade(&self.rooms);
+            let code = code.clone();
+            move || forget(&rooms, &code)
+        };
+        let handle = owner::spawn(room, self.ctx.clone(), provenance, on_exit);
+        rooms.retired.remove(&code);
+        rooms.seeded += usize::from(seeded);
+        rooms.live.insert(
+            code,
+            Entry {
+                handle: handle.clone(),
+                seeded,
+            },
+        );
+        handle
+    }
+
     /// Starts an owner for a new room. A taken or retired code is refused.
     pub fn create(&self, room: Room) -> Result<RoomHandle, Rejection> {
-        let mut rooms = self.write();
+        let mut rooms = write(&self.rooms);
         if let Some(why) = Self::taken(&rooms, room.code()) {
             return Err(why);
         }
-        let code = room.code().to_string();
-        let handle = owner::spawn(room, self.ctx.clone(), false);
-        rooms.live.insert(code, handle.clone());
-        Ok(handle)
+        Ok(self.start(&mut rooms, room, Provenance::Server))
     }
 
     /// Starts an owner for a room loaded from the store (already saved as it is).
     pub fn restore(&self, room: Room) -> RoomHandle {
-        let code = room.code().to_string();
-        let handle = owner::spawn(room, self.ctx.clone(), true);
-        let mut rooms = self.write();
-        rooms.retired.remove(&code);
-        rooms.live.insert(code, handle.clone());
-        handle
+        self.start(&mut write(&self.rooms), room, Provenance::Restored)
     }
 
     /// The room with `code`, or one made by `seed` if there is none. The existing
-    /// room always wins over the seed; a retired code is `room_not_found`.
+    /// room always wins over the seed; a retired code is `room_not_found`, and past
+    /// `max_seeded` live seeded rooms a new seed is `unavailable`.
     pub fn get_or_create(
         &self,
         code: &str,
@@ -86,28 +118,51 @@ impl Registry {
         if let Some(handle) = self.get(code) {
             return Ok(handle);
         }
+        {
+            let rooms = read(&self.rooms);
+            if rooms.retired.contains(code) {
+                return Err(Rejection::new(ErrorCode::RoomNotFound, "room was closed"));
+            }
+            if rooms.seeded >= self.max_seeded {
+                self.ctx
+                    .metrics
+                    .counters
+                    .seeded_rooms_refused_total
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(Rejection::new(
+                    ErrorCode::Unavailable,
+                    "the server holds as many client-created rooms as it takes",
+                ));
+            }
+        }
         let room = seed()?;
-        let mut rooms = self.write();
-        if let Some(handle) = rooms.live.get(code) {
-            return Ok(handle.clone());
+        let mut rooms = write(&self.rooms);
+        if let Some(entry) = rooms.live.get(code) {
+            return Ok(entry.handle.clone());
         }
         if rooms.retired.contains(code) {
             return Err(Rejection::new(ErrorCode::RoomNotFound, "room was closed"));
         }
-        let handle = owner::spawn(room, self.ctx.clone(), false);
-        rooms.live.insert(code.to_string(), handle.clone());
-        Ok(handle)
+        if rooms.seeded >= self.max_seeded {
+            return Err(Rejection::new(
+                ErrorCode::Unavailable,
+                "the server holds as many client-created rooms as it takes",
+            ));
+        }
+        Ok(self.start(&mut rooms, room, Provenance::Seeded))
     }
 
-    /// Forgets a room (after its owner closed it); its code is retired.
+    /// Forgets a room whose owner is closing it; its code is retired.
     pub fn remove(&self, code: &str) -> Option<RoomHandle> {
-        let mut rooms = self.write();
+        let mut rooms = write(&self.rooms);
+        let entry = rooms.live.remove(code)?;
         rooms.retired.insert(code.to_string());
-        rooms.live.remove(code)
+        rooms.seeded -= usize::from(entry.seeded);
+        Some(entry.handle)
     }
 
     pub fn len(&self) -> usize {
-        self.read().live.len()
+        read(&self.rooms).live.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -115,21 +170,46 @@ impl Registry {
     }
 
     pub fn codes(&self) -> Vec<String> {
-        self.read().live.keys().cloned().collect()
+        read(&self.rooms).live.keys().cloned().collect()
     }
 
     /// Handles of every live room (for shutdown's final checkpoints).
     pub fn handles(&self) -> Vec<RoomHandle> {
-        self.read().live.values().cloned().collect()
+        read(&self.rooms)
+            .live
+            .values()
+            .map(|e| e.handle.clone())
+            .collect()
     }
+}
 
-    // A poisoned lock only means another thread panicked while holding it; the map
-    // itself is always left consistent (single insert/remove), so keep serving.
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Rooms> {
-        self.rooms.read().unwrap_or_else(|e| e.into_inner())
+/// Run by an owner as its task ends: its room leaves the map and its code is retired
+/// (a room that was closed, expired or crashed keeps its history under its code).
+fn forget(rooms: &Weak<RwLock<Rooms>>, code: &str) {
+    let Some(rooms) = rooms.upgrade() else {
+        return;
+    };
+    let mut rooms = write(&rooms);
+    // Only the entry of the owner that ended: CloseRoom has removed it already, and
+    // a handle that still has a live owner must stay.
+    let ended = rooms
+        .live
+        .get(code)
+        .is_some_and(|entry| entry.handle.is_gone());
+    if ended {
+        if let Some(entry) = rooms.live.remove(code) {
+            rooms.seeded -= usize::from(entry.seeded);
+        }
+        rooms.retired.insert(code.to_string());
     }
+}
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Rooms> {
-        self.rooms.write().unwrap_or_else(|e| e.into_inner())
-    }
+// A poisoned lock only means another thread panicked while holding it; the map
+// itself is always left consistent (single insert/remove), so keep serving.
+fn read(rooms: &RwLock<Rooms>) -> std::sync::RwLockReadGuard<'_, Rooms> {
+    rooms.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write(rooms: &RwLock<Rooms>) -> std::sync::RwLockWriteGuard<'_, Rooms> {
+    rooms.write().unwrap_or_else(|e| e.into_inner())
 }

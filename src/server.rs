@@ -2,8 +2,10 @@
 
 use crate::auth::TokenKeys;
 use crate::config::Config;
+use crate::edge::admission::{ConnectionLimits, SeedLimiter};
 use crate::observe::{Observer, Telemetry};
 use crate::owner::RoomContext;
+use crate::owner::WatcherCount;
 use crate::registry::Registry;
 use crate::store::writer::{self, WriterConfig, WriterHandle};
 use crate::store::{Loaded, Store, StoreError};
@@ -20,6 +22,10 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub registry: Registry,
     pub keys: TokenKeys,
+    /// Open connections on the players' port, in all and per address.
+    pub limits: Arc<ConnectionLimits>,
+    /// Client-seeded rooms per address per minute.
+    pub seed_limiter: SeedLimiter,
     /// Cancelled once, on SIGTERM/SIGINT or `ServerHandle::shutdown`: the accept loop
     /// stops, readiness turns 503, every socket closes with 1012.
     pub shutdown: CancellationToken,
@@ -154,13 +160,21 @@ pub fn serve(
         max_sockets: config.max_sockets_per_room,
         checkpoint_interval: config.snapshot_interval,
         shutdown: shutdown.clone(),
+        watchers: Arc::new(WatcherCount {
+            open: std::sync::atomic::AtomicUsize::new(0),
+            max: config.max_watchers,
+            max_per_room: config.max_watchers_per_room,
+        }),
+        seeded_idle_ttl: config.seeded_room_idle_ttl,
     });
-    let registry = Registry::new(ctx, loaded.known_codes);
+    let registry = Registry::new(ctx, loaded.known_codes, config.max_seeded_rooms);
     for room in loaded.rooms {
         registry.restore(room);
     }
     let app = Arc::new(App {
         keys: TokenKeys::new(&config.shared_secret.0),
+        limits: ConnectionLimits::new(config.max_connections, config.max_connections_per_ip),
+        seed_limiter: SeedLimiter::new(config.seeded_rooms_per_ip_per_minute),
         registry,
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),

@@ -29,6 +29,8 @@ const ROOMS: usize = 1_250;
 const PLAYERS_PER_ROOM: usize = 8;
 const SOCKETS: usize = ROOMS * PLAYERS_PER_ROOM;
 const IN_FLIGHT: usize = 200;
+/// Source addresses the clients connect from (127.0.0.2 onwards).
+const SOURCE_ADDRESSES: usize = 200;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -86,9 +88,22 @@ async fn join_one(
     // Small client buffers: the point is the server's memory, but 10,000 clients with
     // the default 128 KiB read buffer would needlessly bloat this process.
     let config = WebSocketConfig::default().read_buffer_size(4 * 1024);
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+    // Each room's players come from their own address, as households do: the
+    // server's per-address bounds (connections, seeds per minute) stay at their
+    // shipped defaults, and 10,000 sockets come from 200 addresses of 127.0.0.0/8.
+    let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + (room % SOURCE_ADDRESSES) as u8);
+    let tcp = tokio::net::TcpSocket::new_v4().map_err(|e| format!("{code}/{id}: socket: {e}"))?;
+    tcp.bind((source, 0).into())
+        .map_err(|e| format!("{code}/{id}: bind {source}: {e}"))?;
+    let tcp = tcp
+        .connect(([127, 0, 0, 1], port).into())
         .await
         .map_err(|e| format!("{code}/{id}: connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(url, MaybeTlsStream::Plain(tcp), Some(config))
+            .await
+            .map_err(|e| format!("{code}/{id}: upgrade: {e}"))?;
     let connect = started.elapsed();
     let mut join = json!({
         "type": "join_room",

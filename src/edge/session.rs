@@ -1,55 +1,67 @@
-//! One player's socket: a reader and a writer, run together in one task.
+//! One player's socket after the upgrade: a reader and a writer, run together in one
+//! task over the same TCP stream.
 //!
-//! The reader decodes each frame, checks it against the socket's joined room and
-//! authenticated player, and hands it to the room's owner. The writer drains the
-//! socket's bounded outbox in batches (many frames, one flush). Either side closing
-//! closes both through the outbox's control.
+//! The reader takes frames from `connection::FrameReader`, charges each to the
+//! socket's rate budget, decodes messages, checks them against the socket's joined
+//! room and authenticated player, and hands them to the room's owner. The writer
+//! drains the socket's bounded outbox into vectored writes. Closing is one mechanism
+//! whoever starts it (RFC 6455 §7): the outbox's close code is set once, the writer
+//! sends what was queued and then the Close frame, the reader stops acting on input
+//! and reads until the client's Close, EOF or a short timeout, so a reset never
+//! destroys the last frames.
 
+use super::admission::ConnectionSlot;
+use super::connection::{self, FrameReader, Incoming, ReadError};
+use super::frame::{Frame, close, opcode};
 use super::rate::{RateLimiter, Verdict};
 use crate::auth::{TokenError, now_secs};
 use crate::observe::{Origin, count_outcome, counter_family};
-use crate::outbox::{Frame, Outbox, close};
-use crate::owner::{Member, RoomHandle};
+use crate::outbox::Outbox;
+use crate::owner::{ConnId, Member, RoomHandle};
 use crate::protocol::client::{ClientMessage, JoinRoom, decode};
-use crate::protocol::server::error_text;
+use crate::protocol::server::ServerMessage;
 use crate::protocol::{ErrorCode, Rejection, RoomSnapshot};
 use crate::room::{Action, Room};
 use crate::server::App;
 use crate::telemetry::Metrics;
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use bytes::Bytes;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio::net::TcpStream;
 
-/// Frames written before one flush.
-const WRITE_BATCH: usize = 64;
-/// How long a closing socket gets to take its last frames.
+/// How long a closing socket gets to take its last frames, and to answer our Close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-
-static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 struct Joined {
     room: RoomHandle,
     player_id: String,
 }
 
-/// Runs one upgraded WebSocket until it closes.
-pub async fn run<S>(ws: S, app: Arc<App>)
-where
-    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
-{
-    let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+/// Runs one upgraded WebSocket until it closes. `initial` are bytes the client sent
+/// right after its upgrade request; `slot` holds the connection's place under the
+/// connection caps until the socket is gone.
+pub async fn run(
+    stream: TcpStream,
+    initial: Bytes,
+    peer: IpAddr,
+    app: Arc<App>,
+    slot: ConnectionSlot,
+) {
+    let conn = ConnId::next();
     let metrics = app.metrics.clone();
     Metrics::inc(&metrics.counters.ws_connections_total);
     metrics.connections_live.fetch_add(1, Ordering::Relaxed);
-    let (sink, stream) = ws.split();
-    let (out, rx) = Outbox::channel(app.config.outbound_queue_limit);
+    let out = Outbox::new(
+        app.config.outbound_queue_limit,
+        app.config.outbound_queue_bytes,
+    );
+    let stall = app.config.heartbeat_timeout;
+    let frames = FrameReader::new(app.config.max_message_bytes, initial);
     let reader = Reader {
         conn,
+        peer,
         joined: None,
         limiter: RateLimiter::new(
             app.config.rate_limit_per_sec,
@@ -59,124 +71,129 @@ where
         out: out.clone(),
         app,
     };
-    tokio::join!(reader.run(stream), write_loop(sink, rx, out));
+    tokio::join!(
+        reader.run(&stream, frames),
+        connection::write_loop(&stream, &out, stall, CLOSE_TIMEOUT)
+    );
     metrics.connections_live.fetch_sub(1, Ordering::Relaxed);
-}
-
-async fn write_loop<K>(mut sink: K, mut rx: mpsc::Receiver<Frame>, out: Outbox)
-where
-    K: Sink<Message, Error = WsError> + Unpin,
-{
-    loop {
-        tokio::select! {
-            biased;
-            _ = out.closed() => break,
-            first = rx.recv() => {
-                let Some(first) = first else { break };
-                let batch = write_batch(&mut sink, &mut rx, first);
-                tokio::select! {
-                    result = batch => if result.is_err() {
-                        out.close(close::NORMAL);
-                        return;
-                    },
-                    // A peer that stopped reading can block the flush forever.
-                    _ = out.closed() => break,
-                }
-            }
-        }
-    }
-    let code = out.close_code();
-    let goodbye = async {
-        if code != close::TRY_AGAIN_LATER {
-            // Deliver what was queued before the close (shutdown flushes).
-            while let Ok(frame) = rx.try_recv() {
-                sink.feed(Message::Text(frame)).await?;
-            }
-        }
-        sink.send(Message::Close(Some(CloseFrame {
-            code: CloseCode::from(code),
-            reason: out.close_reason().into(),
-        })))
-        .await?;
-        sink.close().await
-    };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
-}
-
-async fn write_batch<K>(
-    sink: &mut K,
-    rx: &mut mpsc::Receiver<Frame>,
-    first: Frame,
-) -> Result<(), WsError>
-where
-    K: Sink<Message, Error = WsError> + Unpin,
-{
-    sink.feed(Message::Text(first)).await?;
-    for _ in 1..WRITE_BATCH {
-        match rx.try_recv() {
-            Ok(frame) => sink.feed(Message::Text(frame)).await?,
-            Err(_) => break,
-        }
-    }
-    sink.flush().await
+    drop(slot);
 }
 
 struct Reader {
-    conn: u64,
+    conn: ConnId,
+    peer: IpAddr,
     joined: Option<Joined>,
     limiter: RateLimiter,
     out: Outbox,
     app: Arc<App>,
 }
 
+/// How the reading phase ended.
+enum Ended {
+    /// The client is done sending (its Close frame, EOF or a broken socket).
+    PeerDone,
+    /// The server closes; the client may still be sending frames.
+    ServerClosing,
+    /// The client broke the framing: what it sends next cannot be parsed.
+    Violated,
+}
+
 impl Reader {
-    async fn run<R>(mut self, mut stream: R)
-    where
-        R: Stream<Item = Result<Message, WsError>> + Unpin,
-    {
+    async fn run(mut self, stream: &TcpStream, mut frames: FrameReader) {
+        let ended = self.read(stream, &mut frames).await;
+        if let Some(joined) = self.joined.take() {
+            joined.room.detach(self.conn).await;
+        }
+        // The writer sends our Close (and a FIN) once what was queued is out;
+        // meanwhile, and until the client answers, input is read and dropped.
+        let limit = CLOSE_TIMEOUT * 2;
+        match ended {
+            Ended::PeerDone => {}
+            Ended::ServerClosing => {
+                let until_close = async {
+                    while let Ok(incoming) = frames.next(stream).await {
+                        if let Incoming::Close(_) = incoming {
+                            return;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(limit, until_close).await;
+            }
+            Ended::Violated => connection::drain(stream, limit).await,
+        }
+    }
+
+    async fn read(&mut self, stream: &TcpStream, frames: &mut FrameReader) -> Ended {
         let timeout = self.app.config.heartbeat_timeout;
+        let join_timeout = self.app.config.join_timeout;
+        let mut join_by = Some(tokio::time::Instant::now() + join_timeout);
         loop {
             let next = tokio::select! {
                 biased;
-                _ = self.out.closed() => break,
+                _ = self.out.closed() => return Ended::ServerClosing,
                 _ = self.app.shutdown.cancelled() => {
                     self.out.close(close::RESTART);
-                    break;
+                    return Ended::ServerClosing;
                 }
-                next = tokio::time::timeout(timeout, stream.next()) => next,
+                _ = sleep_until(join_by) => {
+                    tracing::info!("join_timeout");
+                    self.out.close_with_reason(close::POLICY, "no join_room in time");
+                    return Ended::ServerClosing;
+                }
+                next = tokio::time::timeout(timeout, frames.next(stream)) => next,
             };
-            let message = match next {
+            let incoming = match next {
                 Err(_) => {
                     Metrics::inc(&self.app.metrics.counters.heartbeat_timeouts_total);
                     tracing::info!(
-                        roomCode = self.joined.as_ref().map(|j| j.room.code()).unwrap_or(""),
-                        playerId = self
-                            .joined
-                            .as_ref()
-                            .map(|j| j.player_id.as_str())
-                            .unwrap_or(""),
+                        roomCode = self.room_code(),
+                        playerId = self.player_id(),
                         "heartbeat_timeout"
                     );
                     self.out.close(close::GOING_AWAY);
-                    break;
+                    return Ended::ServerClosing;
                 }
-                Ok(None) => break,
-                Ok(Some(Err(WsError::Capacity(_)))) => {
-                    Metrics::inc(&self.app.metrics.counters.oversized_frames_total);
-                    self.out.close(close::TOO_BIG);
-                    break;
+                Ok(Err(ReadError::Eof | ReadError::Io(_))) => {
+                    self.out.close(close::NORMAL);
+                    return Ended::PeerDone;
                 }
-                Ok(Some(Err(_))) => break,
-                Ok(Some(Ok(message))) => message,
+                Ok(Err(ReadError::Violation(v))) => {
+                    let c = &self.app.metrics.counters;
+                    Metrics::inc(if v.close_code() == close::TOO_BIG {
+                        &c.oversized_frames_total
+                    } else {
+                        &c.protocol_errors_total
+                    });
+                    tracing::info!(
+                        roomCode = self.room_code(),
+                        reason = v.reason(),
+                        code = v.close_code(),
+                        "ws_protocol_violation"
+                    );
+                    self.out.close_with_reason(v.close_code(), v.reason());
+                    return Ended::Violated;
+                }
+                Ok(Ok(incoming)) => incoming,
             };
-            match message {
-                Message::Text(text) => {
-                    if !self.on_text(&text).await {
-                        break;
+            // Every frame proves liveness and spends the rate budget: fragments and
+            // pings too, so a stream of empty continuation frames is throttled like
+            // any message.
+            match incoming {
+                Incoming::Close(code) => {
+                    // Echo the client's code (RFC 6455 §5.5.1), after what is queued.
+                    self.out
+                        .close_with_reason(code.unwrap_or(close::NORMAL), "");
+                    return Ended::PeerDone;
+                }
+                Incoming::Text(text) => {
+                    Metrics::inc(&self.app.metrics.counters.ws_messages_total);
+                    match self.charge() {
+                        Verdict::Allow => self.on_text(&text).await,
+                        Verdict::Refuse => {}
+                        Verdict::Close => return Ended::ServerClosing,
                     }
                 }
-                // A binary frame is a message too: it spends the same budget.
-                Message::Binary(_) => match self.charge() {
+                Incoming::Binary => match self.charge() {
                     Verdict::Allow => {
                         Metrics::inc(&self.app.metrics.counters.ws_message_parse_failures_total);
                         self.reply_error(
@@ -185,21 +202,51 @@ impl Reader {
                         );
                     }
                     Verdict::Refuse => {}
-                    Verdict::Close => break,
+                    Verdict::Close => return Ended::ServerClosing,
                 },
-                Message::Close(_) => break,
-                // Pings are answered by tungstenite; any frame proves liveness.
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                Incoming::Ping(payload) => match self.limiter.check(Instant::now()) {
+                    Verdict::Allow => {
+                        self.out.push(Frame::new(opcode::PONG, &payload));
+                    }
+                    Verdict::Refuse => {}
+                    Verdict::Close => {
+                        self.rate_close();
+                        return Ended::ServerClosing;
+                    }
+                },
+                Incoming::Pong | Incoming::Fragment => {
+                    if self.limiter.check(Instant::now()) == Verdict::Close {
+                        self.rate_close();
+                        return Ended::ServerClosing;
+                    }
+                }
             }
-        }
-        self.out.close(close::NORMAL);
-        if let Some(joined) = self.joined.take() {
-            joined.room.detach(self.conn).await;
+            if self.out.is_closing() {
+                return Ended::ServerClosing;
+            }
+            join_by = match (&self.joined, join_by) {
+                (Some(_), _) => None,
+                // Left the room: the join deadline starts again.
+                (None, None) => Some(tokio::time::Instant::now() + join_timeout),
+                (None, deadline) => deadline,
+            };
         }
     }
 
+    fn room_code(&self) -> &str {
+        self.joined.as_ref().map(|j| j.room.code()).unwrap_or("")
+    }
+
+    fn player_id(&self) -> &str {
+        self.joined
+            .as_ref()
+            .map(|j| j.player_id.as_str())
+            .unwrap_or("")
+    }
+
     fn reply_error(&self, code: ErrorCode, message: &str) {
-        self.out.push(error_text(code, message).into());
+        self.out
+            .push(Frame::json(&ServerMessage::Error { code, message }));
     }
 
     fn reply(&self, why: &Rejection) {
@@ -210,40 +257,31 @@ impl Reader {
     /// `rate_limited`, and past the debt limit the socket closes with 1008.
     fn charge(&mut self) -> Verdict {
         let verdict = self.limiter.check(Instant::now());
-        let metrics = &self.app.metrics;
         match verdict {
             Verdict::Allow => {}
             Verdict::Refuse => {
-                Metrics::inc(&metrics.counters.rate_limited_total);
+                Metrics::inc(&self.app.metrics.counters.rate_limited_total);
                 self.reply_error(ErrorCode::RateLimited, "Too many messages; slow down");
             }
-            Verdict::Close => {
-                Metrics::inc(&metrics.counters.rate_limited_total);
-                tracing::warn!(
-                    roomCode = self.joined.as_ref().map(|j| j.room.code()).unwrap_or(""),
-                    "rate_limit_close"
-                );
-                self.out.close(close::POLICY);
-            }
+            Verdict::Close => self.rate_close(),
         }
         verdict
     }
 
-    /// Handles one text frame. Returns false when the socket must close.
-    async fn on_text(&mut self, text: &str) -> bool {
-        Metrics::inc(&self.app.metrics.counters.ws_messages_total);
-        match self.charge() {
-            Verdict::Allow => {}
-            Verdict::Refuse => return true,
-            Verdict::Close => return false,
-        }
-        let metrics = &self.app.metrics;
+    fn rate_close(&self) {
+        Metrics::inc(&self.app.metrics.counters.rate_limited_total);
+        tracing::warn!(roomCode = self.room_code(), "rate_limit_close");
+        self.out.close(close::POLICY);
+    }
+
+    /// Handles one text message.
+    async fn on_text(&mut self, text: &str) {
         let message = match decode(text) {
             Ok(m) => m,
             Err(why) => {
-                Metrics::inc(&metrics.counters.ws_message_parse_failures_total);
+                Metrics::inc(&self.app.metrics.counters.ws_message_parse_failures_total);
                 self.reply(&why);
-                return true;
+                return;
             }
         };
         match message {
@@ -262,7 +300,6 @@ impl Reader {
             }
             other => self.player_message(other).await,
         }
-        true
     }
 
     async fn player_message(&mut self, message: ClientMessage) {
@@ -344,15 +381,24 @@ impl Reader {
                 join.initial_snapshot,
                 self.app.config.allow_client_seeded_rooms,
             ) {
-                (Some(seed), true) => self.app.registry.get_or_create(&join.room_code, || {
-                    let seed: RoomSnapshot = serde_json::from_value(seed).map_err(|e| {
-                        Rejection::new(
-                            ErrorCode::InvalidPayload,
-                            format!("initialSnapshot is not a room snapshot: {e}"),
-                        )
-                    })?;
-                    Room::from_seed(&join.room_code, &seed)
-                })?,
+                (Some(seed), true) => {
+                    let (app, peer) = (&self.app, self.peer);
+                    app.registry.get_or_create(&join.room_code, || {
+                        if !app.seed_limiter.allow(peer, Instant::now()) {
+                            return Err(Rejection::new(
+                                ErrorCode::RateLimited,
+                                "too many rooms created from this address; try again in a minute",
+                            ));
+                        }
+                        let seed: RoomSnapshot = serde_json::from_value(seed).map_err(|e| {
+                            Rejection::new(
+                                ErrorCode::InvalidPayload,
+                                format!("initialSnapshot is not a room snapshot: {e}"),
+                            )
+                        })?;
+                        Room::from_seed(&join.room_code, &seed)
+                    })?
+                }
                 _ => self.app.registry.get(&join.room_code).ok_or_else(|| {
                     Rejection::new(ErrorCode::RoomNotFound, "room does not exist")
                 })?,
@@ -374,6 +420,13 @@ impl Reader {
             room,
             player_id: join.player_id,
         })
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

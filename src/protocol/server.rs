@@ -123,6 +123,27 @@ pub enum ServerMessage<'a> {
 }
 
 impl ServerMessage<'_> {
+    /// The message's `type` on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerMessage::HelloAck { .. } => "hello_ack",
+            ServerMessage::RoomState { .. } => "room_state",
+            ServerMessage::PlayerJoined { .. } => "player_joined",
+            ServerMessage::PlayerLeft { .. } => "player_left",
+            ServerMessage::ReadyUpdate { .. } => "ready_update",
+            ServerMessage::PhaseChanged { .. } => "phase_changed",
+            ServerMessage::StatusChanged { .. } => "status_changed",
+            ServerMessage::PresentationState { .. } => "presentation_state",
+            ServerMessage::CanvasDelta { .. } => "canvas_delta",
+            ServerMessage::BigIdeaSubmitted { .. } => "big_idea_submitted",
+            ServerMessage::SettingsChanged { .. } => "settings_changed",
+            ServerMessage::BriefUpdated { .. } => "brief_updated",
+            ServerMessage::ContentSubmitted { .. } => "content_submitted",
+            ServerMessage::Heartbeat { .. } => "heartbeat",
+            ServerMessage::Error { .. } => "error",
+        }
+    }
+
     /// Serializes to the text of one WebSocket frame.
     pub fn to_text(&self) -> String {
         // Serializing these plain structs cannot fail (no maps with non-string keys,

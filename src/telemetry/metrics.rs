@@ -48,6 +48,11 @@ counters!(
     slow_consumer_closes_total,
     oversized_frames_total,
     room_events_total,
+    protocol_errors_total,
+    accept_failures_total,
+    connections_refused_total,
+    room_owner_panics_total,
+    seeded_rooms_refused_total,
 );
 
 #[derive(Debug, Default)]
