@@ -160,7 +160,7 @@ pub fn serve(
         registry.restore(room);
     }
     let app = Arc::new(App {
-        keys: TokenKeys::new(&config.shared_secret.0),
+        keys: TokenKeys::new(&config.shared_secret.0, config.token_ttl_max_secs),
         registry,
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),

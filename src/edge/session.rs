@@ -327,6 +327,9 @@ impl Reader {
                     TokenError::BadSignature => "bad_signature",
                     TokenError::WrongAlgorithm => "wrong_algorithm",
                     TokenError::Malformed => "malformed",
+                    TokenError::UnsupportedHeader => "unsupported_header",
+                    TokenError::NotYetValid => "not_yet_valid",
+                    TokenError::LifetimeTooLong => "lifetime_too_long",
                 },
                 "token_verification_failed"
             );
