@@ -238,7 +238,11 @@ impl Reader {
             Verdict::Close => return false,
         }
         let metrics = &self.app.metrics;
-        let message = match decode(text) {
+        // IMAGE_SOURCES: canvas image sources are judged against the configured policy
+        // as part of decoding (refused the same way: invalid_payload).
+        let decoded =
+            decode(text).and_then(|m| m.check_sources(&self.app.config.image_sources).map(|()| m));
+        let message = match decoded {
             Ok(m) => m,
             Err(why) => {
                 Metrics::inc(&metrics.counters.ws_message_parse_failures_total);
