@@ -131,9 +131,8 @@ fn assert_delta(op: &CanvasOp) {
             assert_id("delta.id", &i.id, limits::ID_MAX);
             assert!(i.src.len() <= SRC_MAX);
             // A path a browser could read as another host (`//h`, `/\h`, `/<tab>/h`) never decodes.
-            let path = i.src.starts_with('/')
-                && !i.src.starts_with("//")
-                && !i.src.starts_with("/\\");
+            let path =
+                i.src.starts_with('/') && !i.src.starts_with("//") && !i.src.starts_with("/\\");
             assert!(
                 !i.src.chars().any(|c| c.is_whitespace() || c.is_control()),
                 "src {:?}",
