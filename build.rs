@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&fds),
     )?;
     tonic_prost_build::configure()
+        // Requests that are not valid protobuf are INVALID_ARGUMENT, not INTERNAL.
+        .codec_path("crate::admin::codec::AdminCodec")
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

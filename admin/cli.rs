@@ -243,7 +243,16 @@ async fn run(raw: Vec<String>) -> Result<(), Failure> {
         let token = args.word(1, "TOKEN")?;
         let secret = std::env::var("REALTIME_SHARED_SECRET")
             .map_err(|_| "check-token needs REALTIME_SHARED_SECRET".to_string())?;
-        let out = match TokenKeys::new(secret.as_bytes()).verify(&token, now_secs()) {
+        // The server's lifetime cap, as the server reads it (default 24 h).
+        let max_lifetime = match std::env::var("ADMIN_TOKEN_MAX_TTL_SECONDS") {
+            Err(_) => karaoke_realtime::auth::DEFAULT_MAX_LIFETIME_SECS,
+            Ok(v) => v
+                .trim()
+                .parse()
+                .map_err(|_| format!("ADMIN_TOKEN_MAX_TTL_SECONDS: expected seconds, got {v:?}"))?,
+        };
+        let keys = TokenKeys::new(secret.as_bytes(), max_lifetime);
+        let out = match keys.verify(&token, now_secs()) {
             Ok(c) => {
                 json!({"valid": true, "roomCode": c.room_code, "playerId": c.player_id, "exp": c.exp})
             }

@@ -6,6 +6,7 @@
 //! are the same whichever way a change arrives.
 
 pub mod auth;
+pub mod codec;
 pub mod convert;
 pub mod service;
 
@@ -21,6 +22,11 @@ use crate::server::App;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+/// Largest admin request accepted, in bytes (tonic's default, stated so it is a
+/// decision): a larger one is refused by tonic with OUT_OF_RANGE before it is decoded.
+/// The largest real request, a CreateRoom with a host and settings, is a few KiB.
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
 
 /// The admin plane's health reporter, so readiness can follow the server's.
 pub type Health = tonic_health::server::HealthReporter;
@@ -43,8 +49,9 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let admin = pb::room_admin_server::RoomAdminServer::with_interceptor(
-        service::AdminService::new(app.clone()),
+    let admin = tonic::service::interceptor::InterceptedService::new(
+        pb::room_admin_server::RoomAdminServer::new(service::AdminService::new(app.clone()))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
         auth::BearerAuth::new(app.config.admin_token.as_ref()),
     );
     health

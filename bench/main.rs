@@ -432,7 +432,10 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(o: Opts) -> Result<Value, String> {
-    let keys = TokenKeys::new(o.secret.as_bytes());
+    let keys = TokenKeys::new(
+        o.secret.as_bytes(),
+        karaoke_realtime::auth::DEFAULT_MAX_LIFETIME_SECS,
+    );
     let before = server_usage(o.server_pid);
     let (sockets, join_hist, join_time) = join_all(&o, &keys).await?;
     let joined: usize = sockets.iter().map(Vec::len).sum();

@@ -51,7 +51,7 @@ fn room() -> Room {
 }
 
 fn decoder(c: &mut Criterion) {
-    let keys = TokenKeys::new(SECRET);
+    let keys = TokenKeys::new(SECRET, karaoke_realtime::auth::DEFAULT_MAX_LIFETIME_SECS);
     let jwt = keys.mint_jwt(ROOM, &player_id(3), now_secs(), 3600);
     let points: Vec<String> = (0..50)
         .map(|i| {
@@ -118,7 +118,7 @@ fn decoder(c: &mut Criterion) {
 }
 
 fn tokens(c: &mut Criterion) {
-    let keys = TokenKeys::new(SECRET);
+    let keys = TokenKeys::new(SECRET, karaoke_realtime::auth::DEFAULT_MAX_LIFETIME_SECS);
     let now = now_secs();
     let jwt = keys.mint_jwt(ROOM, &player_id(3), now, 3600);
     let legacy = keys.mint_legacy(ROOM, &player_id(3), now + 3600);

@@ -68,7 +68,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
 
 /// Runs a non-serving command; returns the process exit code.
 pub fn run(command: Command, config: &Config) -> u8 {
-    let keys = TokenKeys::new(&config.shared_secret.0);
+    let keys = TokenKeys::new(&config.shared_secret.0, config.token_ttl_max_secs);
     match command {
         Command::Serve | Command::Migrate => 0,
         Command::Help => {
@@ -86,6 +86,14 @@ pub fn run(command: Command, config: &Config) -> u8 {
             if config.secret_is_random {
                 eprintln!(
                     "REALTIME_SHARED_SECRET must be set to mint a token a server will accept"
+                );
+                return 2;
+            }
+            // A longer-lived token would be refused by every server with this config.
+            if ttl > config.token_ttl_max_secs {
+                eprintln!(
+                    "--ttl must be at most {} (ADMIN_TOKEN_MAX_TTL_SECONDS)",
+                    config.token_ttl_max_secs
                 );
                 return 2;
             }

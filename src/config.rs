@@ -3,6 +3,7 @@
 //! Each bad value produces one line naming the variable; the server never starts
 //! half-configured. docs/configuration.md lists every variable.
 
+use crate::protocol::canvas::ImagePolicy;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
@@ -89,6 +90,8 @@ pub struct Config {
     /// Open `WatchRoom` streams at most, in all and per room.
     pub max_watchers: usize,
     pub max_watchers_per_room: usize,
+    /// Where canvas images may come from (`IMAGE_SOURCES`, default `self,data`).
+    pub image_sources: ImagePolicy,
 }
 
 /// The persistence backend, chosen by the scheme of `DATABASE_URL`.
@@ -396,6 +399,13 @@ impl Config {
         let seeded_room_idle_ttl = r.millis("SEEDED_ROOM_IDLE_TTL_MS", 30 * 60_000, 1_000);
         let max_watchers = r.number("MAX_WATCHERS", 256usize, 0, 1_000_000);
         let max_watchers_per_room = r.number("MAX_WATCHERS_PER_ROOM", 8usize, 0, 1_000_000);
+        let image_sources = match r.raw("IMAGE_SOURCES") {
+            None => ImagePolicy::default(),
+            Some(raw) => ImagePolicy::parse(&raw).unwrap_or_else(|why| {
+                r.errors.push(format!("IMAGE_SOURCES: {why}"));
+                ImagePolicy::default()
+            }),
+        };
         if !r.errors.is_empty() {
             return Err(r.errors);
         }
@@ -440,6 +450,7 @@ impl Config {
             seeded_room_idle_ttl,
             max_watchers,
             max_watchers_per_room,
+            image_sources,
         })
     }
 
@@ -510,6 +521,22 @@ mod tests {
     fn secrets_never_print() {
         let c = load(&[("REALTIME_SHARED_SECRET", "super-secret-value-123")]).expect("ok");
         assert!(!format!("{c:?}").contains("super-secret"));
+    }
+
+    #[test]
+    fn image_sources_default_to_self_and_data_and_a_bad_list_is_one_line() {
+        assert_eq!(
+            load(&[]).expect("defaults").image_sources,
+            ImagePolicy::default()
+        );
+        let c = load(&[("IMAGE_SOURCES", "self,https://cdn.example")]).expect("valid");
+        assert_eq!(
+            c.image_sources,
+            ImagePolicy::parse("https://cdn.example,self").expect("valid")
+        );
+        let errors = load(&[("IMAGE_SOURCES", "self,http://cdn.example")]).expect_err("bad");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("IMAGE_SOURCES: "), "{}", errors[0]);
     }
 
     #[test]

@@ -172,7 +172,7 @@ pub fn serve(
         registry.restore(room);
     }
     let app = Arc::new(App {
-        keys: TokenKeys::new(&config.shared_secret.0),
+        keys: TokenKeys::new(&config.shared_secret.0, config.token_ttl_max_secs),
         limits: ConnectionLimits::new(config.max_connections, config.max_connections_per_ip),
         seed_limiter: SeedLimiter::new(config.seeded_rooms_per_ip_per_minute),
         registry,

@@ -912,7 +912,10 @@ async fn mint_player_token_signs_the_claims_with_the_shared_secret() {
     .await;
     let mut admin = admin(&s).await;
     create(&mut admin, "MINT", "host").await;
-    let keys = TokenKeys::new(SECRET.as_bytes());
+    let keys = TokenKeys::new(
+        SECRET.as_bytes(),
+        karaoke_realtime::auth::DEFAULT_MAX_LIFETIME_SECS,
+    );
 
     let before = now_secs();
     let minted = admin
@@ -947,9 +950,12 @@ async fn mint_player_token_signs_the_claims_with_the_shared_secret() {
     assert_eq!(header["alg"], "HS256");
     // Another secret does not verify it.
     assert!(
-        TokenKeys::new(b"some-other-secret-entirely")
-            .verify(&minted.token, now_secs())
-            .is_err()
+        TokenKeys::new(
+            b"some-other-secret-entirely",
+            karaoke_realtime::auth::DEFAULT_MAX_LIFETIME_SECS
+        )
+        .verify(&minted.token, now_secs())
+        .is_err()
     );
     // And the token joins.
     let mut c = s.connect().await;

@@ -57,7 +57,11 @@ fn configured(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'st
 }
 
 fn token(room: &str, player: &str) -> String {
-    TokenKeys::new(SECRET.as_bytes()).mint_jwt(room, player, now_secs(), 600)
+    TokenKeys::new(
+        SECRET.as_bytes(),
+        karaoke_realtime::auth::DEFAULT_MAX_LIFETIME_SECS,
+    )
+    .mint_jwt(room, player, now_secs(), 600)
 }
 
 /// Whether `line` names `var` as a whole word (so `PORT` does not match `ADMIN_PORT`).
@@ -204,8 +208,11 @@ async fn metrics_flush_counts_what_clients_did_and_logs_carry_room_and_player() 
 
     // B: a token signed with another secret, then a frame that is not JSON.
     let mut b = Client::connect(port, room, WAIT).await;
-    let forged =
-        TokenKeys::new(b"some-other-secret-entirely-000").mint_jwt(room, "p2", now_secs(), 600);
+    let forged = TokenKeys::new(
+        b"some-other-secret-entirely-000",
+        karaoke_realtime::auth::DEFAULT_MAX_LIFETIME_SECS,
+    )
+    .mint_jwt(room, "p2", now_secs(), 600);
     let refused = b
         .join_with(room, "p2", &forged, Some(seed.clone()), None)
         .await;

@@ -130,7 +130,14 @@ fn assert_delta(op: &CanvasOp) {
         CanvasOp::Image(i) => {
             assert_id("delta.id", &i.id, limits::ID_MAX);
             assert!(i.src.len() <= SRC_MAX);
-            let path = i.src.starts_with('/') && !i.src.starts_with("//");
+            // A path a browser could read as another host (`//h`, `/\h`, `/<tab>/h`) never decodes.
+            let path =
+                i.src.starts_with('/') && !i.src.starts_with("//") && !i.src.starts_with("/\\");
+            assert!(
+                !i.src.chars().any(|c| c.is_whitespace() || c.is_control()),
+                "src {:?}",
+                i.src
+            );
             assert!(
                 i.src.starts_with("https://")
                     || path

@@ -3,14 +3,18 @@
 //! `TokenKeys::verify` decides who may join which room, so beyond never panicking it
 //! must never accept a token the shared secret did not sign as it stands: random
 //! text, any single-byte change to a valid token, another secret's tokens, expired
-//! tokens and tokens of any algorithm but HS256 are all refused. The cargo-fuzz
+//! tokens, tokens of any algorithm but HS256, tokens living longer than the maximum
+//! lifetime or not valid yet, JWT headers with `crit`, and claims that are not a JSON
+//! object are all refused. The cargo-fuzz
 //! target in `fuzz/` runs the same checks for longer, on nightly.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, KeyInit, Mac};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use karaoke_realtime::auth::{Claims, TokenError, TokenKeys};
+use karaoke_realtime::auth::{
+    CLOCK_SKEW_SECS, Claims, DEFAULT_MAX_LIFETIME_SECS as MAX, TokenError, TokenKeys,
+};
 use karaoke_realtime::protocol::limits;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -21,7 +25,7 @@ const SECRET: &[u8] = b"fuzz-test-secret";
 const NOW: u64 = 1_800_000_000;
 
 fn keys() -> TokenKeys {
-    TokenKeys::new(SECRET)
+    TokenKeys::new(SECRET, MAX)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -32,8 +36,12 @@ enum Form {
 
 fn mint(k: &TokenKeys, form: Form, room: &str, player: &str, exp: u64) -> String {
     match form {
-        // `mint_jwt` takes an issue time and a lifetime; exp = iat + ttl.
-        Form::Jwt => k.mint_jwt(room, player, exp.saturating_sub(60), 60.min(exp)),
+        // `mint_jwt` takes an issue time and a lifetime; exp = iat + ttl. Issued a
+        // minute before expiry, or now if that is later, so never in the future.
+        Form::Jwt => {
+            let iat = exp.saturating_sub(60).min(NOW);
+            k.mint_jwt(room, player, iat, exp - iat)
+        }
         Form::Legacy => k.mint_legacy(room, player, exp),
     }
 }
@@ -50,8 +58,19 @@ fn name() -> impl Strategy<Value = String> {
     ]
 }
 
+/// Expiry times a token may have: within the maximum lifetime from now.
 fn future_exp() -> impl Strategy<Value = u64> {
-    (NOW + 1)..(NOW + 10 * 365 * 24 * 3600)
+    (NOW + 1)..=(NOW + MAX)
+}
+
+/// Expiry times beyond the maximum lifetime (and its clock skew), up to `u64::MAX`.
+fn too_far_exp() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        (NOW + MAX + CLOCK_SKEW_SECS + 1)..(NOW + 100 * 365 * 24 * 3600),
+        Just(4_102_444_800u64), // 2100-01-01
+        Just(u64::MAX),
+        (u64::MAX - 1000)..=u64::MAX,
+    ]
 }
 
 /// Signs `header.payload` the way a JWT is signed with HMAC-SHA256.
@@ -175,7 +194,7 @@ proptest! {
         other in prop::collection::vec(any::<u8>(), 1..64),
     ) {
         prop_assume!(!same_hmac_key(&other, SECRET));
-        let token = mint(&TokenKeys::new(&other), form, &room, &player, exp);
+        let token = mint(&TokenKeys::new(&other, MAX), form, &room, &player, exp);
         prop_assert_eq!(keys().verify(&token, NOW), Err(TokenError::BadSignature));
     }
 
@@ -212,7 +231,7 @@ proptest! {
         alg in prop::sample::select(vec![Algorithm::HS384, Algorithm::HS512]),
     ) {
         // Properly signed with the right secret, but not HS256.
-        let claims = Claims { room_code: room, player_id: player, exp, iat: Some(NOW) };
+        let claims = Claims { room_code: room, player_id: player, exp, iat: Some(NOW), nbf: None };
         let token = jsonwebtoken::encode(&Header::new(alg), &claims, &EncodingKey::from_secret(SECRET))
             .expect("encodes");
         prop_assert_eq!(keys().verify(&token, NOW), Err(TokenError::WrongAlgorithm));
@@ -238,6 +257,86 @@ proptest! {
         let verdict = keys().verify(&token, NOW);
         prop_assert!(verdict.is_err(), "alg {alg:?}: {verdict:?}");
     }
+
+    #[test]
+    fn tokens_living_past_the_maximum_never_verify(
+        form in form(), room in name(), player in name(), exp in too_far_exp(),
+    ) {
+        let k = keys();
+        let token = match form {
+            Form::Jwt => hs256_jwt(SECRET, r#"{"alg":"HS256","typ":"JWT"}"#, &payload(&room, &player, exp)),
+            Form::Legacy => k.mint_legacy(&room, &player, exp),
+        };
+        prop_assume!(token.len() <= limits::TOKEN_MAX);
+        prop_assert_eq!(k.verify(&token, NOW), Err(TokenError::LifetimeTooLong));
+    }
+
+    #[test]
+    fn a_jwt_issued_for_longer_than_the_maximum_never_verifies(
+        room in name(), player in name(), age in 1u64..(10 * MAX), extra in 1u64..(10 * MAX),
+    ) {
+        // Issued `age` ago, living more than the maximum, not expired yet.
+        let iat = NOW - age;
+        let exp = (iat + MAX + extra).max(NOW + 1);
+        let claims = serde_json::json!({"roomCode": room, "playerId": player, "exp": exp, "iat": iat});
+        let token = hs256_jwt(SECRET, r#"{"alg":"HS256","typ":"JWT"}"#, &claims.to_string());
+        prop_assume!(token.len() <= limits::TOKEN_MAX);
+        prop_assert_eq!(keys().verify(&token, NOW), Err(TokenError::LifetimeTooLong));
+    }
+
+    #[test]
+    fn tokens_not_valid_yet_never_verify(
+        room in name(), player in name(), ahead in (CLOCK_SKEW_SECS + 1)..MAX,
+        field in prop::sample::select(vec!["nbf", "iat"]),
+    ) {
+        let start = NOW + ahead;
+        let mut claims = serde_json::json!({"roomCode": room, "playerId": player, "exp": start + 60});
+        claims[field] = start.into();
+        let token = hs256_jwt(SECRET, r#"{"alg":"HS256","typ":"JWT"}"#, &claims.to_string());
+        prop_assume!(token.len() <= limits::TOKEN_MAX);
+        prop_assert_eq!(keys().verify(&token, NOW), Err(TokenError::NotYetValid));
+        // The same token is fine once its start has come.
+        prop_assert!(keys().verify(&token, start).is_ok());
+    }
+
+    #[test]
+    fn a_crit_header_never_verifies(
+        room in name(), player in name(), exp in future_exp(),
+        crit in prop::sample::select(vec![
+            serde_json::json!(["exp"]), serde_json::json!([]), serde_json::Value::Null,
+            serde_json::json!("b64"), serde_json::json!({}), serde_json::json!(0),
+        ]),
+    ) {
+        let header = serde_json::json!({"alg": "HS256", "typ": "JWT", "crit": crit}).to_string();
+        let token = hs256_jwt(SECRET, &header, &payload(&room, &player, exp));
+        prop_assume!(token.len() <= limits::TOKEN_MAX);
+        prop_assert_eq!(keys().verify(&token, NOW), Err(TokenError::UnsupportedHeader));
+    }
+
+    #[test]
+    fn claims_that_are_not_an_object_never_verify(
+        form in form(), room in name(), player in name(), exp in future_exp(),
+    ) {
+        // The fields in struct order, as serde would read an array positionally.
+        let body = serde_json::json!([room, player, exp, NOW]).to_string();
+        let token = match form {
+            Form::Jwt => hs256_jwt(SECRET, r#"{"alg":"HS256","typ":"JWT"}"#, &body),
+            Form::Legacy => legacy_signed(SECRET, &body),
+        };
+        prop_assume!(token.len() <= limits::TOKEN_MAX);
+        prop_assert_eq!(keys().verify(&token, NOW), Err(TokenError::Malformed));
+    }
+}
+
+/// A legacy token whose body is `body` as given, correctly signed.
+fn legacy_signed(secret: &[u8], body: &str) -> String {
+    let body = URL_SAFE_NO_PAD.encode(body);
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("any key length");
+    mac.update(body.as_bytes());
+    format!(
+        "{body}.{}",
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    )
 }
 
 #[test]
@@ -299,6 +398,9 @@ fn signed_but_ill_formed_claims_are_rejected() {
         r#"{"roomCode":"R","playerId":"p","exp":-1}"#,
         r#"{"roomCode":"R","playerId":"p","exp":"9999999999"}"#,
         r#"{"roomCode":"R","playerId":7,"exp":9999999999}"#,
+        r#"{"roomCode":"R","playerId":"p","exp":1800000060.0}"#,
+        r#"{"roomCode":"R","playerId":"p","exp":1.80000006e9}"#,
+        r#"["R","p",1800000060]"#,
         r#"[]"#,
         r#"null"#,
         r#"not json"#,

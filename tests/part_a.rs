@@ -699,7 +699,10 @@ async fn bad_tokens_are_refused_and_change_nothing() {
     s.create_room("OTHER", &["host", "p2"]);
     let (mut host, _) = s.join(R, "host").await;
     let now = now_secs();
-    let other_keys = TokenKeys::new(b"some-other-secret-entirely");
+    let other_keys = TokenKeys::new(
+        b"some-other-secret-entirely",
+        karaoke_realtime::auth::DEFAULT_MAX_LIFETIME_SECS,
+    );
     let claims = json!({"roomCode":R,"playerId":"p2","exp":now + 600,"iat":now});
     let good_jwt = s.keys.mint_jwt(R, "p2", now, 600);
     let jwt_parts: Vec<&str> = good_jwt.split('.').collect();
@@ -1279,7 +1282,11 @@ async fn seeded_rooms_first_valid_join_creates_later_seeds_are_ignored() {
             "unauthorized",
         ),
         (
-            TokenKeys::new(b"wrong-secret-wrong").mint_jwt(code, "host", now, 600),
+            TokenKeys::new(
+                b"wrong-secret-wrong",
+                karaoke_realtime::auth::DEFAULT_MAX_LIFETIME_SECS,
+            )
+            .mint_jwt(code, "host", now, 600),
             "unauthorized",
         ),
         (s.keys.mint_jwt(code, "p2", now, 600), "forbidden"),

@@ -469,7 +469,7 @@ async fn canvas_delta_bounds_are_inclusive() {
         stroke("w40", 40.0, 2),
         text_op("t280", &"é".repeat(280), 8.0),
         text_op("t96", "x", 96.0),
-        image_op("i1", "https://example.com/a.png", 0.5, 0.5),
+        image_op("i1", "/uploads/i1.png", 0.5, 0.5),
         image_op("i2", "/uploads/a.png", 1.0, 1.0),
         image_op("i3", "data:image/png;base64,AAAA", 1.0, 1.0),
         json!({"op":"remove","id":"w1"}),
@@ -609,7 +609,7 @@ async fn late_joiner_gets_canvases_in_hello_ack_but_room_state_has_none() {
         &mut host,
         &mut p2,
         "ad1",
-        image_op("i1", "https://example.com/a.png", 50.0, 40.0),
+        image_op("i1", "/uploads/a.png", 50.0, 40.0),
     )
     .await;
     // Same id again replaces in place.

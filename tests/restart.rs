@@ -141,7 +141,11 @@ fn spawn(vars: &[(String, String)]) -> Proc {
 }
 
 fn token(room: &str, player: &str) -> String {
-    TokenKeys::new(SECRET.as_bytes()).mint_jwt(room, player, now_secs(), 600)
+    TokenKeys::new(
+        SECRET.as_bytes(),
+        karaoke_realtime::auth::DEFAULT_MAX_LIFETIME_SECS,
+    )
+    .mint_jwt(room, player, now_secs(), 600)
 }
 
 /// A named player's socket on the server at `port`.

@@ -241,7 +241,10 @@ async fn ten_thousand_joined_sockets() {
     ]);
     let port = server.listening_port().await;
     let rss_before = server.rss_kib();
-    let keys = Arc::new(TokenKeys::new(SECRET.as_bytes()));
+    let keys = Arc::new(TokenKeys::new(
+        SECRET.as_bytes(),
+        karaoke_realtime::auth::DEFAULT_MAX_LIFETIME_SECS,
+    ));
     let mut sockets = Vec::with_capacity(SOCKETS);
     let mut errors = Vec::new();
 

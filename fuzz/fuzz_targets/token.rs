@@ -10,7 +10,7 @@ const SECRET: &[u8] = b"fuzz-secret";
 const NOW: u64 = 1_800_000_000;
 
 fuzz_target!(|data: &[u8]| {
-    let keys = TokenKeys::new(SECRET);
+    let keys = TokenKeys::new(SECRET, karaoke_realtime::auth::DEFAULT_MAX_LIFETIME_SECS);
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };

@@ -276,7 +276,11 @@ impl Reader {
 
     /// Handles one text message.
     async fn on_text(&mut self, text: &str) {
-        let message = match decode(text) {
+        // IMAGE_SOURCES: canvas image sources are judged against the configured policy
+        // as part of decoding (refused the same way: invalid_payload).
+        let decoded =
+            decode(text).and_then(|m| m.check_sources(&self.app.config.image_sources).map(|()| m));
+        let message = match decoded {
             Ok(m) => m,
             Err(why) => {
                 Metrics::inc(&self.app.metrics.counters.ws_message_parse_failures_total);
@@ -364,6 +368,9 @@ impl Reader {
                     TokenError::BadSignature => "bad_signature",
                     TokenError::WrongAlgorithm => "wrong_algorithm",
                     TokenError::Malformed => "malformed",
+                    TokenError::UnsupportedHeader => "unsupported_header",
+                    TokenError::NotYetValid => "not_yet_valid",
+                    TokenError::LifetimeTooLong => "lifetime_too_long",
                 },
                 "token_verification_failed"
             );

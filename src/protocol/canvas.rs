@@ -127,7 +127,8 @@ impl CanvasOp {
             }
             CanvasOp::Image(i) => {
                 check_id("delta.id", &i.id, limits::ID_MAX)?;
-                check_src(&i.src)?;
+                // The form only; which forms and hosts are allowed is `check_sources`.
+                classify(&i.src)?;
                 check_coord("delta.x", i.x)?;
                 check_coord("delta.y", i.y)?;
                 check_positive("delta.width", i.width)?;
@@ -179,23 +180,189 @@ pub const DATA_IMAGE_PREFIXES: [&str; 4] = [
     "data:image/webp;",
 ];
 
-/// Image sources are URLs every other player's browser will load: https, paths on
-/// the app's own origin (not `//host`), and raster inline images. A delta can never
-/// smuggle a `javascript:` URL, a foreign protocol-relative host or SVG to others.
-fn check_src(src: &str) -> Result<(), Rejection> {
+/// What an image `src` is, once parsed the strict way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    /// `/path` on the app's own origin.
+    SameOrigin,
+    /// A raster `data:` URL.
+    Data,
+    /// `https://host[:port]…`.
+    Https(HttpsOrigin),
+}
+
+/// An https origin: lower-case ASCII host and port (443 when not given).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HttpsOrigin {
+    host: String,
+    port: u16,
+}
+
+impl std::fmt::Display for HttpsOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            443 => write!(f, "https://{}", self.host),
+            port => write!(f, "https://{}:{port}", self.host),
+        }
+    }
+}
+
+/// Which image sources other players' browsers may be made to load
+/// (`IMAGE_SOURCES`): same-origin paths (`self`), raster data URLs (`data`), and any
+/// number of explicit https origins. Default: `self,data`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImagePolicy {
+    same_origin: bool,
+    data: bool,
+    origins: Vec<HttpsOrigin>,
+}
+
+impl Default for ImagePolicy {
+    fn default() -> ImagePolicy {
+        ImagePolicy {
+            same_origin: true,
+            data: true,
+            origins: Vec::new(),
+        }
+    }
+}
+
+impl ImagePolicy {
+    /// Parses `self`, `data` and `https://host[:port]` items, comma-separated.
+    pub fn parse(text: &str) -> Result<ImagePolicy, String> {
+        let mut policy = ImagePolicy {
+            same_origin: false,
+            data: false,
+            origins: Vec::new(),
+        };
+        for item in text.split(',').map(str::trim) {
+            match item {
+                "self" => policy.same_origin = true,
+                "data" => policy.data = true,
+                _ => {
+                    // An origin is scheme, host and port: nothing after but one `/`.
+                    let origin = item
+                        .strip_prefix("https://")
+                        .and_then(|rest| parse_origin(rest).ok())
+                        .filter(|(_, tail)| matches!(*tail, "" | "/"))
+                        .map(|(origin, _)| origin)
+                        .ok_or_else(|| {
+                            format!(
+                                "expected a comma-separated list of self, data and \
+                                 https://host[:port], got {item:?}"
+                            )
+                        })?;
+                    policy.origins.push(origin);
+                }
+            }
+        }
+        Ok(policy)
+    }
+
+    fn allows(&self, source: &Source) -> bool {
+        match source {
+            Source::SameOrigin => self.same_origin,
+            Source::Data => self.data,
+            Source::Https(origin) => self.origins.contains(origin),
+        }
+    }
+
+    /// The allowed sources in words, for the refusal a client receives.
+    fn describe(&self) -> String {
+        let mut allowed = Vec::new();
+        if self.same_origin {
+            allowed.push("a /path".to_string());
+        }
+        if self.data {
+            allowed.push("a png/jpeg/gif/webp data URL".to_string());
+        }
+        allowed.extend(self.origins.iter().map(|o| format!("{o}/…")));
+        allowed.join(", ")
+    }
+}
+
+/// `host[:port]` at the start of `rest` (what follows `https://`), and the rest of
+/// the URL, which must start a path, query or fragment. Only DNS names and IPv4
+/// (`A-Z a-z 0-9 . -`) are accepted: no userinfo (`@`), no percent-encoding, no
+/// backslash, no IPv6 brackets, so the host read here is the host a browser loads.
+fn parse_origin(rest: &str) -> Result<(HttpsOrigin, &str), ()> {
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (host, port) = match authority.split_once(':') {
+        None => (authority, 443),
+        Some((host, port)) => {
+            if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(());
+            }
+            (host, port.parse::<u16>().map_err(|_| ())?)
+        }
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    if !host_ok || port == 0 {
+        return Err(());
+    }
+    Ok((
+        HttpsOrigin {
+            host: host.to_ascii_lowercase(),
+            port,
+        },
+        tail,
+    ))
+}
+
+/// Parses an image `src` strictly. Browsers strip tabs and newlines from URLs and
+/// treat `\` like `/`, so `/\evil.example/x.png` or `/<tab>/evil.example` would load
+/// from another host: any whitespace or control character is refused outright, and a
+/// same-origin path is one `/` followed by anything but `/` or `\`.
+fn classify(src: &str) -> Result<Source, Rejection> {
     if src.len() > SRC_MAX {
         return Err(invalid(format!("delta.src is longer than {SRC_MAX} bytes")));
     }
-    let same_origin_path = src.starts_with('/') && !src.starts_with("//");
-    let allowed = src.starts_with("https://")
-        || same_origin_path
-        || DATA_IMAGE_PREFIXES.iter().any(|p| src.starts_with(p));
-    if !allowed {
+    if src.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(invalid(
-            "delta.src must be an https URL, a /path, or a png/jpeg/gif/webp data URL".into(),
+            "delta.src must not contain whitespace or control characters".into(),
         ));
     }
-    Ok(())
+    if DATA_IMAGE_PREFIXES.iter().any(|p| src.starts_with(p)) {
+        return Ok(Source::Data);
+    }
+    if let Some(rest) = src.strip_prefix("https://") {
+        return parse_origin(rest)
+            .map(|(origin, _)| Source::Https(origin))
+            .map_err(|()| {
+                invalid(
+                    "delta.src https URLs must be https://host[:port]/… with no user name".into(),
+                )
+            });
+    }
+    let mut bytes = src.bytes();
+    if bytes.next() == Some(b'/') && bytes.next().is_some_and(|b| b != b'/' && b != b'\\') {
+        return Ok(Source::SameOrigin);
+    }
+    Err(invalid(
+        "delta.src must be an https URL, a /path, or a png/jpeg/gif/webp data URL".into(),
+    ))
+}
+
+impl CanvasOp {
+    /// Checks an image's source against the configured policy; other ops pass.
+    /// Separate from `validate` so decoding needs no configuration.
+    pub fn check_sources(&self, policy: &ImagePolicy) -> Result<(), Rejection> {
+        let CanvasOp::Image(image) = self else {
+            return Ok(());
+        };
+        if policy.allows(&classify(&image.src)?) {
+            Ok(())
+        } else {
+            Err(invalid(format!(
+                "delta.src is not an allowed image source (allowed: {})",
+                policy.describe()
+            )))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -230,6 +397,10 @@ mod tests {
             json!({"op":"image","id":"i1","src":"http://plain.example/x.png","x":0,"y":0,"width":10,"height":10}),
             json!({"op":"image","id":"i1","src":"data:image/svg+xml;base64,PHN2Zz4=","x":0,"y":0,"width":10,"height":10}),
             json!({"op":"image","id":"i1","src":"/a.png","x":0,"y":0,"width":0,"height":10}),
+            json!({"op":"image","id":"i1","src":"/\\evil.example/x.png","x":0,"y":0,"width":10,"height":10}),
+            json!({"op":"image","id":"i1","src":"/\t/evil.example/x.png","x":0,"y":0,"width":10,"height":10}),
+            json!({"op":"image","id":"i1","src":"/\n/evil.example/x.png","x":0,"y":0,"width":10,"height":10}),
+            json!({"op":"image","id":"i1","src":"https://user@evil.example/x.png","x":0,"y":0,"width":10,"height":10}),
             json!({"op":"remove","id":""}),
             json!({"op":"explode"}),
             json!({"id":"x"}),
@@ -244,5 +415,107 @@ mod tests {
     fn text_limit_counts_characters_not_bytes() {
         let v = json!({"op":"text","id":"t","text":"é".repeat(280),"x":0,"y":0,"color":"c","fontSize":8});
         assert!(CanvasOp::from_value(v).is_ok());
+    }
+
+    fn image(src: &str) -> CanvasOp {
+        CanvasOp::Image(Image {
+            id: "i".into(),
+            src: src.into(),
+            x: 0.0,
+            y: 0.0,
+            width: 1.0,
+            height: 1.0,
+            rotation: None,
+        })
+    }
+
+    #[test]
+    fn paths_that_a_browser_resolves_to_another_host_are_refused() {
+        for src in [
+            "//evil.example/x.png",
+            "/\\evil.example/x.png",
+            "/\t/evil.example/x.png",
+            "/\r/evil.example/x.png",
+            "/\n/evil.example/x.png",
+            "/ /evil.example/x.png",
+            "\t//evil.example/x.png",
+            "/x.png\n",
+            "/\u{0}x.png",
+            "/\u{a0}/evil.example",
+            "/",
+            "\\\\evil.example/x.png",
+        ] {
+            let err = classify(src).expect_err(src);
+            assert_eq!(err.code, ErrorCode::InvalidPayload, "{src:?}");
+        }
+        assert_eq!(classify("/a.png"), Ok(Source::SameOrigin));
+        assert_eq!(classify("/a\\b.png"), Ok(Source::SameOrigin));
+    }
+
+    #[test]
+    fn the_default_policy_allows_same_origin_and_raster_data_only() {
+        let policy = ImagePolicy::default();
+        assert_eq!(ImagePolicy::parse("self,data"), Ok(policy.clone()));
+        for src in ["/uploads/a.png", "data:image/webp;base64,AAAA"] {
+            assert_eq!(image(src).check_sources(&policy), Ok(()), "{src}");
+        }
+        let err = image("https://any.example/a.png")
+            .check_sources(&policy)
+            .expect_err("https is not in the default");
+        assert_eq!(
+            err.message,
+            "delta.src is not an allowed image source (allowed: a /path, a png/jpeg/gif/webp data URL)"
+        );
+        // Ops other than images have no sources.
+        assert_eq!(
+            CanvasOp::Clear.check_sources(&ImagePolicy::parse("data").expect("ok")),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn https_origins_match_host_and_port_exactly() {
+        let policy = ImagePolicy::parse(" data , https://CDN.Example , https://img.example:8443/")
+            .expect("valid");
+        for src in [
+            "https://cdn.example/a.png",
+            "https://CDN.EXAMPLE/a.png",
+            "https://cdn.example:443/a.png",
+            "https://cdn.example?x",
+            "https://img.example:8443/a.png",
+            "data:image/png;base64,AAAA",
+        ] {
+            assert_eq!(image(src).check_sources(&policy), Ok(()), "{src}");
+        }
+        for src in [
+            "https://cdn.example.evil/a.png",
+            "https://evil.example/cdn.example/a.png",
+            "https://cdn.example:8443/a.png",
+            "https://img.example/a.png",
+            "https://cdn.example@evil.example/a.png",
+            "https://cdn.example\\@evil.example/a.png",
+            "https://cdn.example%2eevil/a.png",
+            "https://[::1]/a.png",
+            "/a.png",
+        ] {
+            assert!(image(src).check_sources(&policy).is_err(), "{src}");
+        }
+    }
+
+    #[test]
+    fn bad_policies_are_refused() {
+        for text in [
+            "",
+            "self,",
+            "http://cdn.example",
+            "https://cdn.example/path",
+            "https://user@cdn.example",
+            "https://cdn.example:0",
+            "https://cdn.example:99999",
+            "https://",
+            "everything",
+        ] {
+            assert!(ImagePolicy::parse(text).is_err(), "{text:?}");
+        }
     }
 }

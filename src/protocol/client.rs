@@ -5,7 +5,7 @@
 //! (missing or ill-typed is `invalid_payload` naming the problem). Field values are
 //! validated here too, so a decoded message is always safe to hand to a room.
 
-use super::canvas::CanvasOp;
+use super::canvas::{CanvasOp, ImagePolicy};
 use super::{
     CreationPhase, ErrorCode, GameStatus, Rejection, Timestamp, check_free_text, check_id,
     check_room_code as check_code, check_version, limits,
@@ -105,6 +105,16 @@ impl ClientMessage {
             ClientMessage::Heartbeat { room_code } => room_code.as_deref(),
             ClientMessage::SubmitCanvasDelta(m) => Some(&m.room_code),
             ClientMessage::SubmitBigIdea(m) => Some(&m.room_code),
+        }
+    }
+
+    /// Checks what the message would make other browsers load against the
+    /// configured image policy (`IMAGE_SOURCES`): canvas images only. Kept out of
+    /// `decode`, which needs no configuration.
+    pub fn check_sources(&self, policy: &ImagePolicy) -> Result<(), Rejection> {
+        match self {
+            ClientMessage::SubmitCanvasDelta(m) => m.delta.check_sources(policy),
+            _ => Ok(()),
         }
     }
 

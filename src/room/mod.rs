@@ -11,7 +11,7 @@ pub mod rules;
 use crate::protocol::canvas::CanvasOp;
 use crate::protocol::{
     CreationPhase, ErrorCode, GameStatus, PlayerSummary, Rejection, RoomSnapshot, Timestamp,
-    check_id, check_room_code, check_version, format_time, limits,
+    check_id, check_room_code, check_version, format_time, is_forbidden_in_name, limits,
 };
 use canvas::Canvas;
 use serde::{Deserialize, Serialize};
@@ -754,7 +754,9 @@ impl Room {
 pub fn check_player(p: &PlayerSummary) -> Result<(), Rejection> {
     check_id("player.id", &p.id, limits::ID_MAX)?;
     check_id("player.name", &p.name, limits::NAME_MAX)?;
-    if p.emoji.chars().count() > limits::EMOJI_MAX || p.emoji.chars().any(char::is_control) {
+    // The emoji is shown beside the name: the same marks are refused in it (a
+    // zero-width joiner, which emoji sequences need, is not among them).
+    if p.emoji.chars().count() > limits::EMOJI_MAX || p.emoji.chars().any(is_forbidden_in_name) {
         return Err(Rejection::new(
             ErrorCode::InvalidPayload,
             format!(

@@ -3,6 +3,10 @@
 //!
 //! A field named `metrics` whose value is JSON text is embedded as JSON, so the
 //! `metrics_flush` line carries an object, not a string.
+//!
+//! Every other text field is cut to `FIELD_MAX_CHARS` characters, with a marker
+//! saying how many were cut: fields often carry what a caller sent (a room code, an
+//! error naming input), and a 1 MB value must not become a 1 MB log line.
 
 use std::io::Write;
 use tracing::field::{Field, Visit};
@@ -39,16 +43,35 @@ pub fn init(level: LogLevel) {
 
 struct JsonLines;
 
+/// Longest text field written, in characters (the server-made `metrics` excepted).
+pub const FIELD_MAX_CHARS: usize = 256;
+
+/// `text`, cut to `FIELD_MAX_CHARS` characters with `…[+N chars]` when longer.
+fn bounded(name: &str, text: &str) -> serde_json::Value {
+    if name == "metrics" {
+        return text.into();
+    }
+    match text.char_indices().nth(FIELD_MAX_CHARS) {
+        None => text.into(),
+        Some((cut, _)) => {
+            let dropped = text[cut..].chars().count();
+            format!("{}…[+{dropped} chars]", &text[..cut]).into()
+        }
+    }
+}
+
 #[derive(Default)]
 struct Fields(serde_json::Map<String, serde_json::Value>);
 
 impl Visit for Fields {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let text = format!("{value:?}");
         self.0
-            .insert(field.name().to_string(), format!("{value:?}").into());
+            .insert(field.name().to_string(), bounded(field.name(), &text));
     }
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_string(), value.into());
+        self.0
+            .insert(field.name().to_string(), bounded(field.name(), value));
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.0.insert(field.name().to_string(), value.into());
@@ -118,5 +141,26 @@ mod tests {
         assert_eq!(v["roomCode"], "ABC");
         assert_eq!(v["metrics"]["a"], 1);
         assert!(line.ends_with('\n'));
+    }
+
+    #[test]
+    fn long_fields_are_cut_with_a_marker() {
+        let long = "é".repeat(1_000_000);
+        assert_eq!(
+            bounded("roomCode", &long),
+            serde_json::Value::from(format!(
+                "{}…[+{} chars]",
+                "é".repeat(FIELD_MAX_CHARS),
+                1_000_000 - FIELD_MAX_CHARS
+            ))
+        );
+        let exact = "x".repeat(FIELD_MAX_CHARS);
+        assert_eq!(bounded("roomCode", &exact), serde_json::Value::from(exact));
+        // The metrics object is the server's own and is embedded whole.
+        let metrics = format!("{{\"a\":\"{}\"}}", "x".repeat(1000));
+        assert_eq!(
+            bounded("metrics", &metrics),
+            serde_json::Value::from(metrics)
+        );
     }
 }

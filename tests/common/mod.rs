@@ -42,7 +42,10 @@ pub async fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
     TestServer {
         handle,
         url,
-        keys: TokenKeys::new(SECRET.as_bytes()),
+        keys: TokenKeys::new(
+            SECRET.as_bytes(),
+            karaoke_realtime::auth::DEFAULT_MAX_LIFETIME_SECS,
+        ),
     }
 }
 
