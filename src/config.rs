@@ -388,7 +388,9 @@ impl Config {
         );
         let persist_statement_timeout = r.millis("PERSIST_STATEMENT_TIMEOUT_MS", 10_000, 100);
         let outbound_queue_bytes =
-            r.number("OUTBOUND_QUEUE_BYTES", 8usize << 20, 64 << 10, 1usize << 30);
+            // At least a `hello_ack` of a room whose canvases are full (4 MiB of
+            // canvases, plus big ideas and the snapshot), so every join is deliverable.
+            r.number("OUTBOUND_QUEUE_BYTES", 8usize << 20, 6 << 20, 1usize << 30);
         let max_connections = r.number("MAX_CONNECTIONS", 25_000usize, 1, 10_000_000);
         let max_connections_per_ip = r.number("MAX_CONNECTIONS_PER_IP", 500usize, 1, 10_000_000);
         let http_header_timeout = r.millis("HTTP_HEADER_TIMEOUT_MS", 10_000, 100);

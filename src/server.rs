@@ -68,10 +68,47 @@ pub enum StartError {
 
 /// Binds both ports, opens the store (migrations, restored rooms), starts serving.
 pub async fn start(config: Config) -> Result<ServerHandle, StartError> {
+    start_with(config, Vec::new()).await
+}
+
+/// Like `start`, with more observers of every room's changes (embedding code, and
+/// tests that need to see or disturb the change path).
+pub async fn start_with(
+    mut config: Config,
+    observers: Vec<Arc<dyn Observer>>,
+) -> Result<ServerHandle, StartError> {
     crate::admin::server_builder(&config)?;
+    fit_connection_cap(&mut config);
     let (listener, admin_listener) = bind(&config).await?;
     let store = open_store(&config).await?;
-    Ok(serve(listener, admin_listener, config, store))
+    Ok(serve(listener, admin_listener, config, store, observers))
+}
+
+/// File descriptors kept free of player connections: the admin plane, the database,
+/// refused connections being answered, stdout.
+const FD_RESERVE: u64 = 256;
+
+/// Raises the soft open-file limit to the hard one, and lowers `MAX_CONNECTIONS` if
+/// the limit cannot hold it: the cap must bite before `accept` runs out of file
+/// descriptors, or the admin plane and the database would starve with it.
+fn fit_connection_cap(config: &mut Config) {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "fd_limit_unknown");
+            return;
+        }
+    };
+    let room = usize::try_from(limit.saturating_sub(FD_RESERVE).max(1)).unwrap_or(usize::MAX);
+    if config.max_connections > room {
+        tracing::warn!(
+            configured = config.max_connections,
+            used = room,
+            fd_limit = limit,
+            "max_connections_lowered_to_fit_the_fd_limit"
+        );
+        config.max_connections = room;
+    }
 }
 
 /// Connects to the configured database, applies migrations and loads every open
@@ -132,6 +169,7 @@ pub fn serve(
     admin_listener: TcpListener,
     config: Config,
     store: Option<(Store, Loaded)>,
+    extra_observers: Vec<Arc<dyn Observer>>,
 ) -> ServerHandle {
     let metrics = Arc::new(Metrics::default());
     let shutdown = CancellationToken::new();
@@ -152,6 +190,7 @@ pub fn serve(
         }
         None => (None, Loaded::default()),
     };
+    observers.extend(extra_observers);
     let ctx = Arc::new(RoomContext {
         metrics: metrics.clone(),
         observers: observers.into(),

@@ -106,7 +106,7 @@ impl Reader {
         }
         // The writer sends our Close (and a FIN) once what was queued is out;
         // meanwhile, and until the client answers, input is read and dropped.
-        let limit = CLOSE_TIMEOUT * 2;
+        let limit = CLOSE_TIMEOUT;
         match ended {
             Ended::PeerDone => {}
             Ended::ServerClosing => {

@@ -53,18 +53,27 @@ pub struct JoinRoom {
     pub last_version: Option<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SetStatus {
     pub room_code: String,
     pub player_id: String,
     pub status: GameStatus,
-    /// Required by Part A but may be null; missing is treated as null.
-    #[serde(default)]
     pub current_phase: Option<CreationPhase>,
     /// Parsed and range-checked as it is decoded.
-    #[serde(default)]
     pub phase_start_time: Option<Timestamp>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SetStatusFields {
+    room_code: String,
+    player_id: String,
+    status: GameStatus,
+    /// Required by Part A but may be null; missing is treated as null.
+    #[serde(default)]
+    current_phase: Option<CreationPhase>,
+    #[serde(default)]
+    phase_start_time: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -240,9 +249,19 @@ pub fn decode(text: &str) -> Result<ClientMessage, Rejection> {
             }
         }
         "set_status" => {
-            let m: SetStatus = fields(kind, text)?;
+            let m: SetStatusFields = fields(kind, text)?;
             check_player_fields(&m.room_code, &m.player_id)?;
-            ClientMessage::SetStatus(m)
+            let phase_start_time = match &m.phase_start_time {
+                Some(t) => Some(Timestamp::parse("phaseStartTime", t)?),
+                None => None,
+            };
+            ClientMessage::SetStatus(SetStatus {
+                room_code: m.room_code,
+                player_id: m.player_id,
+                status: m.status,
+                current_phase: m.current_phase,
+                phase_start_time,
+            })
         }
         "presentation_state" => {
             let m: PresentationState = fields(kind, text)?;

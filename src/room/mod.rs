@@ -568,11 +568,17 @@ impl Room {
                 require_room_for(&self.canvases, &adlob_id, "canvases")?;
                 // A new canvas is inserted only once its first op applied, so a
                 // rejected op (e.g. `remove` on an empty canvas) leaves no trace.
+                let total: usize = self.canvases.values().map(Canvas::bytes).sum();
                 match self.canvases.get_mut(&adlob_id) {
-                    Some(canvas) => canvas.apply(op.clone(), next)?,
+                    Some(canvas) => {
+                        let others = total - canvas.bytes();
+                        let left = canvas::MAX_ROOM_BYTES.saturating_sub(others);
+                        canvas.apply(op.clone(), next, left)?
+                    }
                     None => {
+                        let left = canvas::MAX_ROOM_BYTES.saturating_sub(total);
                         let mut canvas = Canvas::default();
-                        canvas.apply(op.clone(), next)?;
+                        canvas.apply(op.clone(), next, left)?;
                         self.canvases.insert(adlob_id.clone(), canvas);
                     }
                 }

@@ -4,6 +4,7 @@
 
 pub mod db;
 pub mod proxy;
+pub mod raw;
 
 use futures_util::{SinkExt, StreamExt};
 use karaoke_realtime::auth::{TokenKeys, now_secs};
