@@ -59,6 +59,39 @@ impl Canvas {
         Ok(())
     }
 
+    /// A canvas from stored elements (a canvas row read back at start-up), validated
+    /// like any other input: only elements, each valid, ids unique, within the bounds.
+    pub fn from_ops(ops: Vec<CanvasOp>, version: u64) -> Result<Canvas, Rejection> {
+        let invalid = |why: String| Rejection::new(ErrorCode::InvalidPayload, why);
+        if ops.len() > MAX_OPS {
+            return Err(invalid(format!(
+                "a canvas holds at most {MAX_OPS} elements"
+            )));
+        }
+        let mut ids = std::collections::HashSet::new();
+        let mut bytes = 0usize;
+        for op in &ops {
+            let id = match op {
+                CanvasOp::Remove { .. } | CanvasOp::Clear => None,
+                element => element.id(),
+            }
+            .ok_or_else(|| invalid("a stored canvas holds only elements".to_string()))?;
+            if !ids.insert(id) {
+                return Err(invalid(format!("element id {id} appears twice")));
+            }
+            op.validate()?;
+            bytes = bytes.saturating_add(approx_size(op));
+        }
+        if bytes > MAX_BYTES {
+            return Err(invalid(format!("a canvas holds at most {MAX_BYTES} bytes")));
+        }
+        Ok(Canvas {
+            ops,
+            version,
+            bytes,
+        })
+    }
+
     fn position(&self, id: &str) -> Option<usize> {
         self.ops.iter().position(|op| op.id() == Some(id))
     }
