@@ -26,6 +26,7 @@ CREATE TABLE persist_dead_letters (
     kind      TEXT,
     room_code TEXT,
     adlob_id  TEXT,
+    event_type TEXT,
     version   BIGINT,
     body      TEXT,
     error     TEXT,

@@ -16,6 +16,7 @@ CREATE TABLE persist_dead_letters (
     kind      TEXT,
     room_code TEXT,
     adlob_id  TEXT,
+    event_type TEXT,
     version   INTEGER,
     body      TEXT,
     error     TEXT,

@@ -67,9 +67,29 @@ pub enum WriteError {
     /// size limit): writing the same rows again cannot succeed.
     #[error("{0}")]
     Refused(String),
-    /// The database failed, was unreachable, or did not answer in time: retry.
+    /// The database failed or was unreachable: retry.
     #[error("{0}")]
     Failed(String),
+    /// The database did not answer within the statement timeout: retry (the writer
+    /// retries a smaller part first, in case the batch was too big for it).
+    #[error("the database did not answer within {} ms", .0.as_millis())]
+    TimedOut(Duration),
+}
+
+impl WriteError {
+    /// The same failure, never taken for a refusal of the rows: for the steps of a
+    /// write that carry no rows (taking a connection, `BEGIN`).
+    fn not_refused(self) -> WriteError {
+        match self {
+            WriteError::Refused(e) => WriteError::Failed(e),
+            other => other,
+        }
+    }
+
+    /// Whether the call failed to complete (so its connection is not to be reused).
+    pub fn is_failure(&self) -> bool {
+        !matches!(self, WriteError::Refused(_))
+    }
 }
 
 impl From<sqlx::Error> for WriteError {
@@ -163,7 +183,10 @@ pub struct DeadLetter<'a> {
     /// `event`, `canvas` or `snapshot`.
     pub kind: &'static str,
     pub room_code: &'a str,
+    /// A canvas row's canvas.
     pub adlob_id: Option<&'a str>,
+    /// An event row's `event_type`.
+    pub event_type: Option<&'static str>,
     pub version: u64,
     /// The row's JSON (payload, ops or snapshot).
     pub body: &'a str,
@@ -239,7 +262,7 @@ fn to_i64(v: u64) -> i64 {
 /// pool's own check on return would wait on it forever. Detached and dropped, its
 /// socket is closed and the pool opens a fresh one when needed.
 fn release<DB: sqlx::Database, T>(conn: PoolConnection<DB>, result: &Result<T, WriteError>) {
-    if matches!(result, Err(WriteError::Failed(_))) {
+    if result.as_ref().is_err_and(WriteError::is_failure) {
         drop(conn.detach());
     }
 }
@@ -619,10 +642,7 @@ impl Store {
     ) -> Result<T, WriteError> {
         match tokio::time::timeout(self.timeout, statement).await {
             Ok(result) => result.map_err(WriteError::from),
-            Err(_) => Err(WriteError::Failed(format!(
-                "the database did not answer within {} ms",
-                self.timeout.as_millis()
-            ))),
+            Err(_) => Err(WriteError::TimedOut(self.timeout)),
         }
     }
 
@@ -652,13 +672,19 @@ impl Store {
         };
         match &self.pool {
             Pool::Postgres(pool) => {
-                let mut conn = self.bounded(pool.acquire()).await?;
+                let mut conn = self
+                    .bounded(pool.acquire())
+                    .await
+                    .map_err(WriteError::not_refused)?;
                 let result = self.write_postgres(&mut conn, &rows).await;
                 release(conn, &result);
                 result
             }
             Pool::Sqlite(pool) => {
-                let mut conn = self.bounded(pool.acquire()).await?;
+                let mut conn = self
+                    .bounded(pool.acquire())
+                    .await
+                    .map_err(WriteError::not_refused)?;
                 let result = self.write_sqlite(&mut conn, &rows).await;
                 release(conn, &result);
                 result
@@ -743,7 +769,10 @@ impl Store {
             }
             return Ok(());
         }
-        let mut tx = self.bounded(conn.begin()).await?;
+        let mut tx = self
+            .bounded(conn.begin())
+            .await
+            .map_err(WriteError::not_refused)?;
         for statement in statements {
             self.bounded(statement.execute(&mut *tx)).await?;
         }
@@ -757,7 +786,10 @@ impl Store {
     ) -> Result<(), WriteError> {
         // SQLite binds at most 32766 parameters; batches stay far below (pruning,
         // which binds 3 per canvas a snapshot names, goes in chunks).
-        let mut tx = self.bounded(conn.begin()).await?;
+        let mut tx = self
+            .bounded(conn.begin())
+            .await
+            .map_err(WriteError::not_refused)?;
         if !rows.events.is_empty() {
             let mut q = sqlx::QueryBuilder::new(
                 "INSERT INTO room_events (room_code, event_type, version, payload, created_at) ",
@@ -824,16 +856,20 @@ impl Store {
     /// Keeps a refused row in `persist_dead_letters`.
     pub async fn dead_letter(&self, letter: &DeadLetter<'_>) -> Result<(), WriteError> {
         let insert = "INSERT INTO persist_dead_letters \
-                      (kind, room_code, adlob_id, version, body, error, failed_at) \
-                      VALUES ($1, $2, $3, $4, $5, $6, $7)";
+                      (kind, room_code, adlob_id, event_type, version, body, error, failed_at) \
+                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
         let now = OffsetDateTime::now_utc();
         match &self.pool {
             Pool::Postgres(pool) => {
-                let mut conn = self.bounded(pool.acquire()).await?;
+                let mut conn = self
+                    .bounded(pool.acquire())
+                    .await
+                    .map_err(WriteError::not_refused)?;
                 let statement = sqlx::query(insert)
                     .bind(letter.kind)
                     .bind(letter.room_code)
                     .bind(letter.adlob_id)
+                    .bind(letter.event_type)
                     .bind(to_i64(letter.version))
                     .bind(letter.body)
                     .bind(letter.error)
@@ -843,11 +879,15 @@ impl Store {
                 result
             }
             Pool::Sqlite(pool) => {
-                let mut conn = self.bounded(pool.acquire()).await?;
+                let mut conn = self
+                    .bounded(pool.acquire())
+                    .await
+                    .map_err(WriteError::not_refused)?;
                 let statement = sqlx::query(insert)
                     .bind(letter.kind)
                     .bind(letter.room_code)
                     .bind(letter.adlob_id)
+                    .bind(letter.event_type)
                     .bind(to_i64(letter.version))
                     .bind(letter.body)
                     .bind(letter.error)

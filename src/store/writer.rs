@@ -428,6 +428,7 @@ impl Item {
                 kind: "event",
                 room_code: &e.room_code,
                 adlob_id: None,
+                event_type: Some(e.event_type),
                 version: e.version,
                 body: &e.payload,
                 error,
@@ -436,6 +437,7 @@ impl Item {
                 kind: "canvas",
                 room_code: &c.room_code,
                 adlob_id: Some(&c.adlob_id),
+                event_type: None,
                 version: c.version,
                 body: &c.ops,
                 error,
@@ -444,6 +446,7 @@ impl Item {
                 kind: "snapshot",
                 room_code: &s.room_code,
                 adlob_id: None,
+                event_type: None,
                 version: s.version,
                 body: &s.snapshot,
                 error,
@@ -670,19 +673,26 @@ impl Inflight {
     /// The database refused the front group for its content: halve it (each half is
     /// tried on its own), or, if it is one row, set that row aside.
     fn refused(&mut self, error: String) {
-        match self.groups.pop_front() {
-            Some(Group::Write(mut items)) if items.len() > 1 => {
-                let right = items.split_off(items.len() / 2);
-                self.groups.push_front(Group::Write(right));
-                self.groups.push_front(Group::Write(items));
-            }
-            Some(Group::Write(mut items)) => {
-                if let Some(item) = items.pop() {
+        match self.groups.front() {
+            Some(Group::Write(items)) if items.len() > 1 => self.halve(),
+            Some(Group::Write(_)) => {
+                if let Some(Group::Write(mut items)) = self.groups.pop_front()
+                    && let Some(item) = items.pop()
+                {
                     self.groups.push_front(Group::DeadLetter(item, error));
                 }
             }
-            Some(other) => self.groups.push_front(other),
-            None => {}
+            _ => {}
+        }
+    }
+
+    /// Splits the front group in two halves, written one after the other.
+    fn halve(&mut self) {
+        if let Some(Group::Write(items)) = self.groups.front_mut()
+            && items.len() > 1
+        {
+            let right = items.split_off(items.len() / 2);
+            self.groups.insert(1, Group::Write(right));
         }
     }
 
@@ -906,6 +916,12 @@ impl Writer {
                     }
                     None => {}
                 }
+            }
+            Err(WriteError::TimedOut(after)) => {
+                // Perhaps too much for the database as it is now: smaller parts first.
+                self.inflight.halve();
+                self.failed(&WriteError::TimedOut(after).to_string(), started)
+                    .await;
             }
             Err(WriteError::Failed(e)) => self.failed(&e, started).await,
         }
@@ -1327,6 +1343,30 @@ mod tests {
         let (written, dead) = resolve(&mut inflight, |_| false, &mut landed, &mut 0);
         assert_eq!(written, ["c:R/b@3", "s:R@4"]);
         assert!(dead.is_empty());
+    }
+
+    #[test]
+    fn a_batch_that_timed_out_is_retried_in_halves_in_order() {
+        let mut inflight = Inflight::default();
+        inflight.start((1..=5).map(|v| Item::Event(event("A", v, 10))).collect());
+        inflight.halve();
+        inflight.halve();
+        let groups: Vec<Vec<String>> = inflight
+            .groups
+            .iter()
+            .map(|g| match g {
+                Group::Write(items) => names(items),
+                Group::DeadLetter(item, _) => vec![name(item)],
+            })
+            .collect();
+        assert_eq!(
+            groups,
+            [
+                vec!["e:A@1"],
+                vec!["e:A@2"],
+                vec!["e:A@3", "e:A@4", "e:A@5"]
+            ]
+        );
     }
 
     #[test]
