@@ -244,6 +244,17 @@ impl Rows {
         }
     }
 
+    /// Undoes `poison`.
+    async fn unpoison(&self) {
+        for table in ["room_events", "room_snapshots", "room_canvases"] {
+            let sql = match self {
+                Rows::Postgres(_) => format!("ALTER TABLE {table} DROP CONSTRAINT test_poison"),
+                Rows::Sqlite(_) => format!("DROP TRIGGER test_poison_{table}"),
+            };
+            self.execute(sql).await;
+        }
+    }
+
     async fn execute(&self, sql: String) {
         let q = sqlx::AssertSqlSafe(sql.clone());
         match self {
@@ -725,7 +736,7 @@ async fn whole_game_rows(backend: Backend) {
     }
     let mut replayed = replayed.to_stored(false);
     // Presentation is not an event (it changes no version): the snapshot carries it.
-    replayed.snapshot.presentation = stored.snapshot.presentation.clone();
+    replayed.snapshot.presentation = stored.snapshot.presentation;
     // Neither is presence before the base snapshot (a loaded room has nobody online).
     replayed.snapshot = without_presence(replayed.snapshot);
     let mut stored = stored;
@@ -1506,6 +1517,49 @@ async fn refused_rows_are_set_aside(backend: Backend) {
         "a code with dead letters is never handed out again"
     );
     s.handle.shutdown().await;
+
+    // The runbook's repair: fix the cause, put the refused events back, restart.
+    rows.unpoison().await;
+    rows.execute(
+        match &rows {
+            Rows::Postgres(_) => {
+                "INSERT INTO room_events (room_code, event_type, version, payload, created_at) \
+             SELECT room_code, event_type, version, body::jsonb, (body::jsonb->>'at')::timestamptz \
+               FROM persist_dead_letters WHERE room_code = 'POISON' AND kind = 'event' \
+             ON CONFLICT DO NOTHING"
+            }
+            Rows::Sqlite(_) => {
+                "INSERT INTO room_events (room_code, event_type, version, payload, created_at) \
+             SELECT room_code, event_type, version, body, json_extract(body, '$.at') \
+               FROM persist_dead_letters WHERE room_code = 'POISON' AND kind = 'event' \
+             ON CONFLICT DO NOTHING"
+            }
+        }
+        .to_string(),
+    )
+    .await;
+    rows.execute(
+        "DELETE FROM persist_dead_letters WHERE room_code = 'POISON' AND kind = 'event'".into(),
+    )
+    .await;
+    let events = rows.events("POISON").await;
+    assert_eq!(events.len(), CHANGES as usize);
+    assert!(events.iter().all(|e| e.event_type == "settings_changed"));
+    let (_store, loaded) = server::open_store(&config)
+        .await
+        .expect("start-up")
+        .expect("a store");
+    assert!(loaded.failures.is_empty(), "{:?}", loaded.failures);
+    let poison = loaded
+        .rooms
+        .iter()
+        .find(|r| r.code() == "POISON")
+        .expect("POISON is back");
+    assert_eq!(poison.version(), CHANGES);
+    assert_eq!(
+        poison.settings.product_category.as_deref(),
+        Some(format!("category {CHANGES}").as_str())
+    );
 }
 
 #[tokio::test]
