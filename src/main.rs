@@ -56,7 +56,7 @@ async fn main() -> std::process::ExitCode {
 async fn migrate(config: &Config) -> std::process::ExitCode {
     use karaoke_realtime::store::Store;
     let result = async {
-        match Store::connect(&config.database).await? {
+        match Store::connect(&config.database, config.persist_statement_timeout).await? {
             Some(store) => store.migrate().await.map(|()| true),
             None => Ok(false),
         }

@@ -63,6 +63,12 @@ pub trait Observer: Send + Sync {
     /// The room's whole state is due to be saved: changes since the last checkpoint
     /// coalesce into this one call (on an interval, at shutdown, at close).
     fn checkpoint(&self, _room: &Room, _closed: bool) {}
+    /// Asked when a checkpoint is due but the room did not change since the last one:
+    /// true makes the owner checkpoint anyway (the store lost a row of this room and
+    /// needs a snapshot past it). Called on every checkpoint tick: keep it cheap.
+    fn wants_checkpoint(&self, _room: &Room) -> bool {
+        false
+    }
 }
 
 pub type Observers = Arc<[Arc<dyn Observer>]>;

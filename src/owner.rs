@@ -518,7 +518,11 @@ impl Owner {
     /// Offers the room's whole state to observers if it changed since the last time.
     fn checkpoint(&mut self, closed: bool) {
         let state = saved_state(&self.room);
-        if self.checkpointed == Some(state) && !closed {
+        if self.checkpointed == Some(state) && !closed
+            // Unchanged, unless the store lost a row of this room (a dead letter) and
+            // needs a snapshot past it.
+            && !self.ctx.observers.iter().any(|o| o.wants_checkpoint(&self.room))
+        {
             return;
         }
         self.checkpointed = Some(state);

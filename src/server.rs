@@ -114,7 +114,8 @@ fn fit_connection_cap(config: &mut Config) {
 /// Connects to the configured database, applies migrations and loads every open
 /// room; rooms that cannot be restored are reported, one line each.
 pub async fn open_store(config: &Config) -> Result<Option<(Store, Loaded)>, StoreError> {
-    let Some(store) = Store::connect(&config.database).await? else {
+    let Some(store) = Store::connect(&config.database, config.persist_statement_timeout).await?
+    else {
         tracing::info!("persistence_disabled");
         return Ok(None);
     };
@@ -180,7 +181,9 @@ pub fn serve(
                 store,
                 WriterConfig {
                     limit: config.persist_queue_limit,
+                    queue_bytes: config.persist_queue_bytes,
                     batch_max: config.persist_batch_max,
+                    batch_bytes: config.persist_batch_bytes,
                     flush_interval: config.persist_flush_interval,
                 },
                 metrics.clone(),

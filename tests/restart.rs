@@ -8,6 +8,7 @@ mod binproc;
 mod common;
 
 use binproc::{BIN, Proc, WAIT, seed_snapshot};
+use common::proxy::Proxy;
 use common::{Client, db};
 use karaoke_realtime::auth::{TokenKeys, now_secs};
 use serde_json::{Value, json};
@@ -87,6 +88,31 @@ impl TestDatabase {
                 v.0
             }
         }
+    }
+
+    /// The versions of `room`'s event rows, in order (PostgreSQL).
+    async fn event_versions(&self, room: &str) -> Vec<i64> {
+        let pool = sqlx::PgPool::connect(&self.url).await.expect("connect");
+        let rows: Vec<(i64,)> =
+            sqlx::query_as("SELECT version FROM room_events WHERE room_code = $1 ORDER BY version")
+                .bind(room)
+                .fetch_all(&pool)
+                .await
+                .expect("query room_events");
+        pool.close().await;
+        rows.into_iter().map(|(v,)| v).collect()
+    }
+
+    /// Runs statements of the test's own (PostgreSQL).
+    async fn execute(&self, statements: &[&'static str]) {
+        let pool = sqlx::PgPool::connect(&self.url).await.expect("connect");
+        for sql in statements {
+            sqlx::query(*sql)
+                .execute(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+        pool.close().await;
     }
 
     /// Removes the database (called once a test has passed; a failed test leaves it
@@ -842,4 +868,247 @@ async fn unreachable_postgres_stops_start_up_with_a_clear_line() {
 async fn unusable_sqlite_path_stops_start_up_with_a_clear_line() {
     // A directory cannot be created under a regular file.
     start_fails("sqlite:///dev/null/karaoke.db", "SQLite directory").await;
+}
+
+// ---------------------------------------------------------------------------------
+// e. Rows the database refuses, and a database connection that freezes.
+// ---------------------------------------------------------------------------------
+
+/// Polls until `room`'s event rows are exactly `versions` (the loop ends as soon as
+/// they are; the interval only paces the queries).
+async fn await_events(db: &TestDatabase, room: &str, versions: std::ops::RangeInclusive<i64>) {
+    let expected: Vec<i64> = versions.collect();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = db.event_versions(room).await;
+        if now == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{room}'s events are {expected:?} within {WAIT:?}, not {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn set_ready(room: &str, ready: bool) -> Value {
+    json!({"type":"set_ready","roomCode":room,"playerId":"host","isReady":ready})
+}
+
+/// The database refuses every row of one room for its content. An operator sees each
+/// refused row logged (`persist_dead_letter`) and counted, the other room's rows all
+/// land, nothing is lost at shutdown, and the next start restores the other room and
+/// reports the refused one.
+#[tokio::test]
+async fn refused_rows_are_logged_counted_and_every_other_room_written_postgres() {
+    const TOGGLES: u64 = 30;
+    let database = TestDatabase::fresh(Backend::Postgres).await;
+    let vars = env(
+        &database.url,
+        &[
+            ("SNAPSHOT_INTERVAL_MS", "50"),
+            ("METRICS_FLUSH_INTERVAL_MS", "50"),
+        ],
+    );
+    let mut server = spawn(&vars);
+    let port = server.listening_port().await;
+    let mut poison = connect(port, "poison").await;
+    let mut clean = connect(port, "clean").await;
+    for (c, room) in [(&mut poison, "POISON"), (&mut clean, "CLEAN1")] {
+        join(c, room, "host", Some(seed_snapshot(room, &["host"])), None).await;
+        // The seed (version 1) is the first snapshot; the host coming online, event 2.
+        await_snapshot(&database, room, 1).await;
+        await_events(&database, room, 2..=2).await;
+    }
+    database
+        .execute(&[
+            "ALTER TABLE room_events ADD CONSTRAINT test_poison \
+             CHECK (room_code <> 'POISON') NOT VALID",
+            "ALTER TABLE room_snapshots ADD CONSTRAINT test_poison \
+             CHECK (room_code <> 'POISON') NOT VALID",
+        ])
+        .await;
+
+    // The game goes on in both rooms.
+    for i in 1..=TOGGLES {
+        for (c, room) in [(&mut poison, "POISON"), (&mut clean, "CLEAN1")] {
+            c.send(set_ready(room, i % 2 == 1)).await;
+            c.see("ready_update", 2 + i).await;
+        }
+    }
+    let last = 2 + TOGGLES;
+
+    // Each refused row is logged, with its room, version, kind and the reason.
+    let line = server
+        .find("a persist_dead_letter line", |l| {
+            l["message"] == "persist_dead_letter" && l["kind"] == "event"
+        })
+        .await;
+    assert_eq!(line["level"], "error", "{line}");
+    assert_eq!(line["roomCode"], "POISON", "{line}");
+    assert_eq!(line["stored"], true, "{line}");
+    let version = line["version"].as_u64().expect("a version");
+    assert!((3..=last).contains(&version), "{line}");
+    assert!(
+        line["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("test_poison")),
+        "{line}"
+    );
+    // Every row of the other room lands.
+    await_events(&database, "CLEAN1", 2..=last as i64).await;
+    assert_eq!(database.event_versions("POISON").await, [2]);
+    // And every refused row is counted: 30 events, then at least one snapshot.
+    let counted = tokio::time::timeout(WAIT, async {
+        let mut dead = 0;
+        loop {
+            let m = server.next_flush().await;
+            dead += m["persist_dead_letters_total"].as_u64().expect("counter");
+            assert_eq!(m["event_persist_failures_total"], 0, "not an outage: {m:?}");
+            if dead > TOGGLES && m["persist_queue_depth"] == 0 {
+                return dead;
+            }
+        }
+    })
+    .await
+    .expect("the dead letters are counted");
+    assert!(counted > TOGGLES);
+
+    server.sigterm().await;
+    let exit = server.wait_exit().await;
+    assert_eq!(exit.code(), Some(0), "exit status {exit}");
+    let (lines, _) = server.finish().await;
+    assert!(
+        lines.iter().any(|l| l["message"] == "persist_flushed"),
+        "nothing was lost at shutdown"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l["message"] == "persist_queue_lost_at_shutdown"),
+        "{lines:#?}"
+    );
+
+    let mut server = spawn(&vars);
+    let port = server.listening_port().await;
+    let restored = server.find_message("rooms_restored").await;
+    assert_eq!(restored["restored"], 1, "{restored}");
+    assert_eq!(restored["failed"], 1, "{restored}");
+    let failed = server.find_message("room_restore_failed").await;
+    assert_eq!(failed["roomCode"], "POISON", "{failed}");
+    assert!(
+        failed["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("is in persist_dead_letters")),
+        "{failed}"
+    );
+    let mut clean = connect(port, "clean").await;
+    let hello = join(&mut clean, "CLEAN1", "host", None, Some(last)).await;
+    assert_eq!(hello["recovered"], true, "{hello}");
+    assert_eq!(hello["snapshot"]["version"], last + 1, "{hello}");
+    server.sigterm().await;
+    assert_eq!(server.wait_exit().await.code(), Some(0));
+    drop((poison, clean));
+    database.drop_database().await;
+}
+
+/// The database connection stops answering in the middle of a write (a proxy that
+/// freezes after forwarding the INSERT): the stall is logged while it lasts, the
+/// write is abandoned at the statement timeout and retried on a fresh connection,
+/// the rows land once, and `persistence_recovered` counts the outage from the freeze.
+#[tokio::test]
+async fn a_frozen_database_connection_is_logged_abandoned_and_retried_postgres() {
+    let database = TestDatabase::fresh(Backend::Postgres).await;
+    let proxy = Proxy::start(db::postgres_addr()).await;
+    let name = database.pg_name.clone().expect("a PostgreSQL database");
+    let via_proxy = format!("postgres://postgres@{}/{name}", proxy.addr);
+    let vars = env(
+        &via_proxy,
+        &[
+            ("PERSIST_STATEMENT_TIMEOUT_MS", "1000"),
+            ("SNAPSHOT_INTERVAL_MS", "3600000"),
+        ],
+    );
+    let room = "FROZE1";
+    let mut server = spawn(&vars);
+    let port = server.listening_port().await;
+    let mut host = connect(port, "host").await;
+    join(
+        &mut host,
+        room,
+        "host",
+        Some(seed_snapshot(room, &["host"])),
+        None,
+    )
+    .await;
+    await_snapshot(&database, room, 1).await;
+    await_events(&database, room, 2..=2).await;
+
+    // The next write carrying this room's rows freezes its connection.
+    proxy.freeze_next(room.as_bytes());
+    host.send(set_ready(room, true)).await;
+    host.see("ready_update", 3).await;
+
+    let stalled = server.find_message("persist_write_stalled").await;
+    assert_eq!(proxy.frozen_connections(), 1, "logged while it lasts");
+    let elapsed = stalled["elapsed_ms"].as_u64().expect("elapsed_ms");
+    assert!(
+        (250..1000).contains(&elapsed),
+        "logged a quarter into the timeout, before it: {stalled}"
+    );
+    let failed = server.find_message("persist_batch_failed").await;
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("did not answer within 1000 ms")),
+        "{failed}"
+    );
+    let recovered = server.find_message("persistence_recovered").await;
+    assert_eq!(
+        proxy.frozen_connections(),
+        1,
+        "written while the first connection is still frozen: on a fresh one"
+    );
+    let outage = recovered["outage_ms"].as_u64().expect("outage_ms");
+    assert!(
+        outage >= 1000,
+        "at least the statement timeout: {recovered}"
+    );
+    // From the freeze to the recovery, not from the first failure.
+    let frozen_at = proxy.frozen_wall_time().expect("a frozen connection");
+    let recovered_at = time::OffsetDateTime::parse(
+        recovered["time"].as_str().expect("time"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("an RFC 3339 time");
+    let frozen_for = (recovered_at - frozen_at).whole_milliseconds();
+    assert!(
+        i128::from(outage) + 5 >= frozen_for,
+        "outage {outage} ms, frozen {frozen_for} ms before recovering"
+    );
+    eprintln!(
+        "frozen connection: stall logged at {elapsed} ms, outage {outage} ms, \
+         frozen {frozen_for} ms before the recovery"
+    );
+    // Once: the first INSERT went through before the freeze, the retry is a no-op.
+    await_events(&database, room, 2..=3).await;
+
+    // The writer goes on, the frozen connection aside.
+    host.send(set_ready(room, false)).await;
+    host.see("ready_update", 4).await;
+    await_events(&database, room, 2..=4).await;
+    assert_eq!(proxy.frozen_connections(), 1);
+    proxy.thaw();
+
+    server.sigterm().await;
+    let exit = server.wait_exit().await;
+    assert_eq!(exit.code(), Some(0), "exit status {exit}");
+    let (lines, _) = server.finish().await;
+    assert!(
+        lines.iter().any(|l| l["message"] == "persist_flushed"),
+        "{lines:#?}"
+    );
+    drop(host);
+    database.drop_database().await;
 }

@@ -38,26 +38,7 @@ impl TryFrom<StoredCanvas> for Canvas {
     type Error = String;
 
     fn try_from(stored: StoredCanvas) -> Result<Canvas, String> {
-        check_version("canvas.version", stored.version).map_err(|why| why.message)?;
-        if stored.ops.len() > MAX_OPS {
-            return Err(format!("a canvas holds at most {MAX_OPS} elements"));
-        }
-        let mut bytes = 0usize;
-        for op in &stored.ops {
-            if op.id().is_none() || matches!(op, CanvasOp::Remove { .. }) {
-                return Err("a stored canvas holds only elements".into());
-            }
-            op.validate().map_err(|why| why.message)?;
-            bytes = bytes.saturating_add(json_len(op));
-        }
-        if bytes > MAX_BYTES {
-            return Err(format!("a canvas holds at most {MAX_BYTES} bytes"));
-        }
-        Ok(Canvas {
-            ops: stored.ops,
-            version: stored.version,
-            bytes,
-        })
+        Canvas::from_ops(stored.ops, stored.version).map_err(|why| why.message)
     }
 }
 
@@ -115,6 +96,41 @@ impl Canvas {
     /// The JSON size of the canvas's elements.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// A canvas from stored elements (a snapshot or canvas row read back), validated
+    /// like any other input: only elements, each valid, ids unique, within the bounds,
+    /// and its size recomputed rather than read.
+    pub fn from_ops(ops: Vec<CanvasOp>, version: u64) -> Result<Canvas, Rejection> {
+        let invalid = |why: String| Rejection::new(ErrorCode::InvalidPayload, why);
+        check_version("canvas.version", version)?;
+        if ops.len() > MAX_OPS {
+            return Err(invalid(format!(
+                "a canvas holds at most {MAX_OPS} elements"
+            )));
+        }
+        let mut ids = std::collections::HashSet::new();
+        let mut bytes = 0usize;
+        for op in &ops {
+            let id = match op {
+                CanvasOp::Remove { .. } | CanvasOp::Clear => None,
+                element => element.id(),
+            }
+            .ok_or_else(|| invalid("a stored canvas holds only elements".to_string()))?;
+            if !ids.insert(id) {
+                return Err(invalid(format!("element id {id} appears twice")));
+            }
+            op.validate()?;
+            bytes = bytes.saturating_add(json_len(op));
+        }
+        if bytes > MAX_BYTES {
+            return Err(invalid(format!("a canvas holds at most {MAX_BYTES} bytes")));
+        }
+        Ok(Canvas {
+            ops,
+            version,
+            bytes,
+        })
     }
 
     fn position(&self, id: &str) -> Option<usize> {

@@ -120,6 +120,10 @@ pub struct StoredRoom {
     pub settings: Settings,
     #[serde(default)]
     pub canvases: BTreeMap<String, Canvas>,
+    /// Canvases stored apart from this snapshot (format 2): adlob id → the canvas's
+    /// version, whose row the store reads back into `canvases` before `from_stored`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub canvas_versions: BTreeMap<String, u64>,
     #[serde(default)]
     pub big_ideas: BTreeMap<String, BigIdea>,
     #[serde(default)]
@@ -129,8 +133,10 @@ pub struct StoredRoom {
     pub closed: bool,
 }
 
-/// The `StoredRoom::format` this server writes and the newest it reads.
-pub const STORE_FORMAT: u32 = 1;
+/// The `StoredRoom::format` this server writes and the newest it reads. Format 2 added
+/// `canvasVersions` (canvases stored apart); a format-1 reader would ignore that field
+/// and restore the room without its canvases, so it must refuse these rows instead.
+pub const STORE_FORMAT: u32 = 2;
 
 /// A partial settings update: `None` keeps the current value.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -358,6 +364,26 @@ impl Room {
             snapshot: self.snapshot.clone(),
             settings: self.settings.clone(),
             canvases: self.canvases.clone(),
+            canvas_versions: BTreeMap::new(),
+            big_ideas: self.big_ideas.clone(),
+            brief_id: self.brief_id.clone(),
+            closed,
+        }
+    }
+
+    /// The room's state for the store without its canvases, which the store keeps
+    /// apart (only changed ones are rewritten): each is named by its version instead.
+    pub fn to_stored_apart(&self, closed: bool) -> StoredRoom {
+        StoredRoom {
+            format: STORE_FORMAT,
+            snapshot: self.snapshot.clone(),
+            settings: self.settings.clone(),
+            canvases: BTreeMap::new(),
+            canvas_versions: self
+                .canvases
+                .iter()
+                .map(|(id, c)| (id.clone(), c.version))
+                .collect(),
             big_ideas: self.big_ideas.clone(),
             brief_id: self.brief_id.clone(),
             closed,

@@ -1,20 +1,31 @@
-//! Durable rooms: snapshots and an append-only event log, in Postgres (production,
-//! Supabase) or SQLite (the embedded default).
+//! Durable rooms: snapshots, canvases and an append-only event log, in Postgres
+//! (production, Supabase) or SQLite (the embedded default).
 //!
-//! `Store` is the database: connect, migrate, load rooms at start-up, write batches.
-//! `writer` holds the observer that queues every change off the room's path and the
-//! task that writes the queue in batches, retrying through outages.
-//! docs/persistence.md states the guarantees.
+//! `Store` is the database: connect, migrate, load rooms at start-up, write batches,
+//! keep refused rows as dead letters. `writer` holds the observer that queues every
+//! change off the room's path and the task that writes the queue in batches,
+//! retrying through outages. docs/persistence.md states the guarantees.
+//!
+//! Every statement is bounded by the statement timeout. A write that fails for any
+//! reason but its rows' content closes its connection instead of returning it to the
+//! pool: a connection that stopped answering mid-statement must never be reused.
 
 pub mod writer;
 
 use crate::config::Database;
 use crate::protocol::Timestamp;
+use crate::protocol::canvas::CanvasOp;
+use crate::room::canvas::Canvas;
 use crate::room::{Action, Actor, Room, StoredRoom};
 use serde::{Deserialize, Serialize};
 use sqlx::migrate::{MigrateError, Migrator};
-use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgDatabaseError, PgPool, PgPoolOptions};
+use sqlx::sqlite::SqlitePoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteError, SqlitePool};
+use sqlx::{Connection, Executor};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
 use std::str::FromStr;
 use std::time::Duration;
 use time::OffsetDateTime;
@@ -24,6 +35,11 @@ static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 
 /// How long start-up waits for the database before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long start-up waits for the migrations at least (they may hold several
+/// statements; each is also bounded by the statement timeout on Postgres).
+const MIGRATE_TIMEOUT: Duration = Duration::from_secs(60);
+/// SQLite binds at most 32766 parameters per statement; pruning binds 3 per canvas.
+const SQLITE_PRUNE_CHUNK: usize = 5_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -38,8 +54,75 @@ pub enum StoreError {
     Migrate(MigrateError),
     #[error("database error: {0}")]
     Query(#[from] sqlx::Error),
+    #[error("the database did not answer within {} ms ({what})", after.as_millis())]
+    Timeout { what: &'static str, after: Duration },
     #[error("cannot create the SQLite directory {path}: {error}")]
     Directory { path: String, error: std::io::Error },
+}
+
+/// Why a write did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    /// The database refused the rows for what they hold (a constraint, bad data, a
+    /// size limit): writing the same rows again cannot succeed.
+    #[error("{0}")]
+    Refused(String),
+    /// The database failed or was unreachable: retry.
+    #[error("{0}")]
+    Failed(String),
+    /// The database did not answer within the statement timeout: retry (the writer
+    /// retries a smaller part first, in case the batch was too big for it).
+    #[error("the database did not answer within {} ms", .0.as_millis())]
+    TimedOut(Duration),
+}
+
+impl WriteError {
+    /// The same failure, never taken for a refusal of the rows: for the steps of a
+    /// write that carry no rows (taking a connection, `BEGIN`).
+    fn not_refused(self) -> WriteError {
+        match self {
+            WriteError::Refused(e) => WriteError::Failed(e),
+            other => other,
+        }
+    }
+
+    /// Whether the call failed to complete (so its connection is not to be reused).
+    pub fn is_failure(&self) -> bool {
+        !matches!(self, WriteError::Refused(_))
+    }
+}
+
+impl From<sqlx::Error> for WriteError {
+    fn from(e: sqlx::Error) -> WriteError {
+        if is_content_error(&e) {
+            WriteError::Refused(e.to_string())
+        } else {
+            WriteError::Failed(e.to_string())
+        }
+    }
+}
+
+/// Whether the database refused a statement for the rows' content, rather than
+/// failing to run it. Postgres: SQLSTATE class 22 (data exception), 23 (integrity
+/// constraint violation) or 54 (program limit exceeded). SQLite: the primary result
+/// codes TOOBIG (18), CONSTRAINT (19, which a trigger's `RAISE(ABORT)` also gives)
+/// and MISMATCH (20). A value sqlx itself cannot encode is content too.
+pub fn is_content_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            if let Some(pg) = db.try_downcast_ref::<PgDatabaseError>() {
+                matches!(pg.code().get(..2), Some("22" | "23" | "54"))
+            } else if db.try_downcast_ref::<SqliteError>().is_some() {
+                // The extended result code carries the primary one in its low byte.
+                let extended = db.code().and_then(|c| c.parse::<i32>().ok()).unwrap_or(0);
+                matches!(extended & 0xff, 18..=20)
+            } else {
+                false
+            }
+        }
+        sqlx::Error::Encode(_) => true,
+        _ => false,
+    }
 }
 
 /// One row of `room_events`. `payload` is JSON text.
@@ -52,6 +135,17 @@ pub struct EventRow {
     pub created_at: OffsetDateTime,
 }
 
+/// One row of `room_canvases`: one canvas's elements (`ops`, JSON text) at `version`,
+/// the room version of its last change.
+#[derive(Debug, Clone)]
+pub struct CanvasRow {
+    pub room_code: String,
+    pub adlob_id: String,
+    pub version: u64,
+    pub ops: String,
+    pub captured_at: OffsetDateTime,
+}
+
 /// One row of `room_snapshots`. `snapshot` is JSON text (a `StoredRoom`).
 #[derive(Debug, Clone)]
 pub struct SnapshotRow {
@@ -59,6 +153,44 @@ pub struct SnapshotRow {
     pub version: u64,
     pub snapshot: String,
     pub captured_at: OffsetDateTime,
+    /// The canvas rows the snapshot needs (its `canvasVersions`): adlob id → version.
+    pub canvases: BTreeMap<String, u64>,
+    /// The room's final snapshot (closed through the admin plane).
+    pub closed: bool,
+}
+
+/// Rows written together: all of them, or (on any error) none.
+#[derive(Debug, Default)]
+pub struct Batch<'a> {
+    pub events: Vec<&'a EventRow>,
+    pub canvases: Vec<&'a CanvasRow>,
+    pub snapshots: Vec<&'a SnapshotRow>,
+}
+
+impl Batch<'_> {
+    pub fn len(&self) -> usize {
+        self.events.len() + self.canvases.len() + self.snapshots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A row the database refused, as `persist_dead_letters` keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter<'a> {
+    /// `event`, `canvas` or `snapshot`.
+    pub kind: &'static str,
+    pub room_code: &'a str,
+    /// A canvas row's canvas.
+    pub adlob_id: Option<&'a str>,
+    /// An event row's `event_type`.
+    pub event_type: Option<&'static str>,
+    pub version: u64,
+    /// The row's JSON (payload, ops or snapshot).
+    pub body: &'a str,
+    pub error: &'a str,
 }
 
 /// What an event row's payload holds: enough to replay the change exactly.
@@ -83,27 +215,39 @@ pub struct RestoreFailure {
 pub struct Loaded {
     /// Open rooms, at their latest persisted version.
     pub rooms: Vec<Room>,
-    /// Every room code the store has ever held (closed rooms included): never reused.
+    /// Every room code the store has ever held (closed rooms and rooms with dead
+    /// letters included): never reused.
     pub known_codes: Vec<String>,
     pub failures: Vec<RestoreFailure>,
 }
 
 #[derive(Clone)]
-pub enum Store {
+enum Pool {
     Postgres(PgPool),
     Sqlite(SqlitePool),
 }
 
-/// The snapshots of a batch, keeping only the last one of each (room, version): a
-/// room closed, or whose presentation moved, since its last snapshot queues another
-/// row at the same version, and one statement may not write the same row twice
-/// (PostgreSQL refuses an `ON CONFLICT DO UPDATE` that affects a row twice).
-fn last_per_version(snapshots: &[SnapshotRow]) -> Vec<&SnapshotRow> {
-    let mut seen = std::collections::HashSet::new();
-    let mut kept: Vec<&SnapshotRow> = snapshots
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    /// Longest any one statement may take (`PERSIST_STATEMENT_TIMEOUT_MS`).
+    timeout: Duration,
+}
+
+/// The last of `rows` for each key, in order: one statement may not write the same
+/// row twice (Postgres refuses an `ON CONFLICT DO UPDATE` that affects a row twice).
+/// The writer never puts two rows with one key in a batch; this keeps a mistake
+/// there from becoming a batch that fails forever.
+fn last_per_key<'a, T, K: std::hash::Hash + Eq>(
+    rows: &[&'a T],
+    key: impl Fn(&'a T) -> K,
+) -> Vec<&'a T> {
+    let mut seen = HashSet::new();
+    let mut kept: Vec<&T> = rows
         .iter()
         .rev()
-        .filter(|s| seen.insert((s.room_code.as_str(), s.version)))
+        .filter(|r| seen.insert(key(r)))
+        .copied()
         .collect();
     kept.reverse();
     kept
@@ -113,19 +257,57 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// Returns a connection to the pool only if its statement ended cleanly: after a
+/// failure (a timeout, an I/O error) it may be mid-statement or frozen, and the
+/// pool's own check on return would wait on it forever. Detached and dropped, its
+/// socket is closed and the pool opens a fresh one when needed.
+fn release<DB: sqlx::Database, T>(conn: PoolConnection<DB>, result: &Result<T, WriteError>) {
+    if result.as_ref().is_err_and(WriteError::is_failure) {
+        drop(conn.detach());
+    }
+}
+
+/// One canvas-row key to prune below: (room, adlob, version still needed).
+type PruneKey<'a> = (&'a str, &'a str, i64);
+
 impl Store {
     /// Connects to the configured database; `None` for `memory:`.
-    pub async fn connect(database: &Database) -> Result<Option<Store>, StoreError> {
-        match database {
-            Database::Memory => Ok(None),
+    /// `statement_timeout` bounds every statement (also set as Postgres's own
+    /// `statement_timeout` on each connection, so the server gives up too).
+    pub async fn connect(
+        database: &Database,
+        statement_timeout: Duration,
+    ) -> Result<Option<Store>, StoreError> {
+        let pool = match database {
+            Database::Memory => return Ok(None),
             Database::Postgres(url) => {
+                let options = PgConnectOptions::from_str(url).map_err(StoreError::Connect)?;
+                let millis = statement_timeout.as_millis().to_string();
                 let pool = PgPoolOptions::new()
                     .max_connections(4)
                     .acquire_timeout(CONNECT_TIMEOUT)
-                    .connect(url)
+                    // Set on each connection, not as startup options, which connection
+                    // poolers (Supabase's among them) may refuse. The idle timeout ends
+                    // a transaction whose client went silent (a frozen network path):
+                    // otherwise it holds its rows' locks, and the retry of the same rows
+                    // on a fresh connection would wait on them.
+                    .after_connect(move |conn, _| {
+                        let millis = millis.clone();
+                        Box::pin(async move {
+                            sqlx::query(
+                                "SELECT set_config('statement_timeout', $1, false), \
+                                        set_config('idle_in_transaction_session_timeout', $1, false)",
+                            )
+                            .bind(millis)
+                            .execute(conn)
+                            .await
+                            .map(drop)
+                        })
+                    })
+                    .connect_with(options)
                     .await
                     .map_err(StoreError::Connect)?;
-                Ok(Some(Store::Postgres(pool)))
+                Pool::Postgres(pool)
             }
             Database::Sqlite(url) => {
                 let options = SqliteConnectOptions::from_str(url)
@@ -149,45 +331,86 @@ impl Store {
                     .connect_with(options)
                     .await
                     .map_err(StoreError::Connect)?;
-                Ok(Some(Store::Sqlite(pool)))
+                Pool::Sqlite(pool)
             }
-        }
+        };
+        Ok(Some(Store {
+            pool,
+            timeout: statement_timeout,
+        }))
+    }
+
+    /// The statement timeout this store was opened with.
+    pub fn statement_timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Applies the migrations this server knows; refuses a schema from a newer one.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let result = match self {
-            Store::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await,
-            Store::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await,
+        let after = MIGRATE_TIMEOUT.max(self.timeout);
+        let run = async {
+            match &self.pool {
+                Pool::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await,
+                Pool::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await,
+            }
         };
+        let result = tokio::time::timeout(after, run)
+            .await
+            .map_err(|_| StoreError::Timeout {
+                what: "migrations",
+                after,
+            })?;
         result.map_err(|e| match e {
             MigrateError::VersionMissing(v) => StoreError::SchemaTooNew(v),
             other => StoreError::Migrate(other),
         })
     }
 
-    /// Loads every open room: its latest snapshot, then the events after it.
+    /// One start-up query, bounded by the statement timeout.
+    async fn read<T>(
+        &self,
+        what: &'static str,
+        query: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, query)
+            .await
+            .map_err(|_| StoreError::Timeout {
+                what,
+                after: self.timeout,
+            })?
+            .map_err(StoreError::Query)
+    }
+
+    /// Loads every open room: its latest snapshot, the canvas rows it names, then
+    /// the events after it.
     pub async fn load(&self) -> Result<Loaded, StoreError> {
-        let latest: Vec<(String, i64, String)> = match self {
-            Store::Postgres(pool) => {
-                sqlx::query_as(
-                    "SELECT DISTINCT ON (room_code) room_code, version, snapshot::text \
-                     FROM room_snapshots ORDER BY room_code, version DESC",
+        let latest: Vec<(String, i64, String)> = match &self.pool {
+            Pool::Postgres(pool) => {
+                self.read(
+                    "latest snapshots",
+                    sqlx::query_as(
+                        "SELECT DISTINCT ON (room_code) room_code, version, snapshot::text \
+                         FROM room_snapshots ORDER BY room_code, version DESC",
+                    )
+                    .fetch_all(pool),
                 )
-                .fetch_all(pool)
                 .await?
             }
-            Store::Sqlite(pool) => {
-                sqlx::query_as(
-                    "SELECT s.room_code, s.version, s.snapshot FROM room_snapshots s \
-                     WHERE s.version = (SELECT MAX(version) FROM room_snapshots \
-                                        WHERE room_code = s.room_code) \
-                     ORDER BY s.room_code",
+            Pool::Sqlite(pool) => {
+                self.read(
+                    "latest snapshots",
+                    sqlx::query_as(
+                        "SELECT s.room_code, s.version, s.snapshot FROM room_snapshots s \
+                         WHERE s.version = (SELECT MAX(version) FROM room_snapshots \
+                                            WHERE room_code = s.room_code) \
+                         ORDER BY s.room_code",
+                    )
+                    .fetch_all(pool),
                 )
-                .fetch_all(pool)
                 .await?
             }
         };
+        let dead_events = self.dead_lettered_events().await?;
         let mut loaded = Loaded::default();
         for (code, version, json) in latest {
             loaded.known_codes.push(code.clone());
@@ -209,6 +432,13 @@ impl Store {
             if stored.closed {
                 continue;
             }
+            let stored = match self.with_canvases(&code, version, stored).await? {
+                Ok(stored) => stored,
+                Err(reason) => {
+                    loaded.failures.push(fail(reason));
+                    continue;
+                }
+            };
             let mut room = match Room::from_stored(stored) {
                 Ok(room) => room,
                 Err(why) => {
@@ -226,149 +456,476 @@ impl Store {
                 )));
                 continue;
             }
-            match self.replay(&mut room).await {
-                Ok(()) => {
-                    room.clear_presence();
-                    loaded.rooms.push(room);
-                }
-                Err(reason) => loaded.failures.push(fail(reason)),
+            if let Err(reason) = self.replay(&mut room).await? {
+                loaded.failures.push(fail(reason));
+                continue;
             }
+            // A refused event past where the log ends: restoring the room here would
+            // silently drop changes its players saw. Its rows stay for an operator.
+            let refused = dead_events.get(&code).and_then(|versions| {
+                versions
+                    .iter()
+                    .copied()
+                    .filter(|v| *v > room.version())
+                    .min()
+            });
+            if let Some(refused) = refused {
+                loaded.failures.push(fail(format!(
+                    "event {refused} was refused by the database and is in \
+                     persist_dead_letters; the log ends at version {}",
+                    room.version()
+                )));
+                continue;
+            }
+            room.clear_presence();
+            loaded.rooms.push(room);
         }
+        // A room whose first snapshot was refused has no snapshot row, but its code
+        // has rows (dead letters) all the same.
+        let mut known: HashSet<String> = loaded.known_codes.drain(..).collect();
+        known.extend(dead_events.into_keys());
+        loaded.known_codes = known.into_iter().collect();
+        loaded.known_codes.sort();
         Ok(loaded)
     }
 
-    /// Applies the logged events after the room's version, in order.
-    async fn replay(&self, room: &mut Room) -> Result<(), String> {
-        let code = room.code().to_string();
-        let after = to_i64(room.version());
-        let rows: Vec<(i64, String)> = match self {
-            Store::Postgres(pool) => sqlx::query_as(
-                "SELECT version, payload::text FROM room_events \
-                 WHERE room_code = $1 AND version > $2 ORDER BY version",
-            )
-            .bind(&code)
-            .bind(after)
-            .fetch_all(pool)
-            .await
-            .map_err(|e| e.to_string())?,
-            Store::Sqlite(pool) => sqlx::query_as(
-                "SELECT version, payload FROM room_events \
-                 WHERE room_code = ?1 AND version > ?2 ORDER BY version",
-            )
-            .bind(&code)
-            .bind(after)
-            .fetch_all(pool)
-            .await
-            .map_err(|e| e.to_string())?,
-        };
-        for (version, payload) in rows {
-            let expected = room.version() + 1;
-            if u64::try_from(version).ok() != Some(expected) {
-                return Err(format!(
-                    "event log has a gap: expected version {expected}, found {version}"
-                ));
+    /// Room code → versions of its refused events (every code with a dead letter of
+    /// any kind is a key).
+    async fn dead_lettered_events(&self) -> Result<HashMap<String, Vec<u64>>, StoreError> {
+        let sql = "SELECT room_code, CASE WHEN kind = 'event' THEN version END \
+                   FROM persist_dead_letters WHERE room_code IS NOT NULL";
+        let rows: Vec<(String, Option<i64>)> = match &self.pool {
+            Pool::Postgres(pool) => {
+                self.read("dead letters", sqlx::query_as(sql).fetch_all(pool))
+                    .await?
             }
-            let event: EventPayload = serde_json::from_str(&payload)
-                .map_err(|e| format!("event {version} is malformed: {e}"))?;
-            room.apply(&event.actor, event.action, event.at.at())
-                .map_err(|why| format!("event {version} does not apply: {}", why.message))?;
+            Pool::Sqlite(pool) => {
+                self.read("dead letters", sqlx::query_as(sql).fetch_all(pool))
+                    .await?
+            }
+        };
+        let mut map: HashMap<String, Vec<u64>> = HashMap::new();
+        for (code, version) in rows {
+            let versions = map.entry(code).or_default();
+            if let Some(v) = version.and_then(|v| u64::try_from(v).ok()) {
+                versions.push(v);
+            }
         }
-        Ok(())
+        Ok(map)
     }
 
-    /// Writes events and snapshots, each kind in one round trip. Rows already
-    /// present are left alone (events) or rewritten with the same version (snapshots,
-    /// whose final copy may add `closed`), so a retried batch is harmless.
-    pub async fn write(
+    /// Fills a format-2 snapshot's `canvases` from the canvas rows it names. The
+    /// inner error is why this room cannot be restored; the outer one stops start-up.
+    async fn with_canvases(
         &self,
-        events: &[EventRow],
-        snapshots: &[SnapshotRow],
-    ) -> Result<(), sqlx::Error> {
-        let snapshots = last_per_version(snapshots);
-        match self {
-            Store::Postgres(pool) => {
-                if !events.is_empty() {
-                    sqlx::query(
-                        "INSERT INTO room_events (room_code, event_type, version, payload, created_at) \
-                         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], \
-                                              $4::text[]::jsonb[], $5::timestamptz[]) \
-                         ON CONFLICT (room_code, version) DO NOTHING",
+        code: &str,
+        version: u64,
+        mut stored: StoredRoom,
+    ) -> Result<Result<StoredRoom, String>, StoreError> {
+        if stored.canvas_versions.is_empty() {
+            return Ok(Ok(stored));
+        }
+        let rows: Vec<(String, i64, String)> = match &self.pool {
+            Pool::Postgres(pool) => {
+                self.read(
+                    "canvases",
+                    sqlx::query_as(
+                        "SELECT adlob_id, version, ops::text FROM room_canvases \
+                         WHERE room_code = $1",
                     )
-                    .bind(events.iter().map(|e| e.room_code.as_str()).collect::<Vec<_>>())
-                    .bind(events.iter().map(|e| e.event_type).collect::<Vec<_>>())
-                    .bind(events.iter().map(|e| to_i64(e.version)).collect::<Vec<_>>())
-                    .bind(events.iter().map(|e| e.payload.as_str()).collect::<Vec<_>>())
-                    .bind(events.iter().map(|e| e.created_at).collect::<Vec<_>>())
-                    .execute(pool)
-                    .await?;
-                }
-                if !snapshots.is_empty() {
-                    sqlx::query(
-                        "INSERT INTO room_snapshots (room_code, version, snapshot, captured_at) \
-                         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[]::jsonb[], \
-                                              $4::timestamptz[]) \
-                         ON CONFLICT (room_code, version) DO UPDATE \
-                         SET snapshot = EXCLUDED.snapshot, captured_at = EXCLUDED.captured_at",
-                    )
-                    .bind(
-                        snapshots
-                            .iter()
-                            .map(|s| s.room_code.as_str())
-                            .collect::<Vec<_>>(),
-                    )
-                    .bind(
-                        snapshots
-                            .iter()
-                            .map(|s| to_i64(s.version))
-                            .collect::<Vec<_>>(),
-                    )
-                    .bind(
-                        snapshots
-                            .iter()
-                            .map(|s| s.snapshot.as_str())
-                            .collect::<Vec<_>>(),
-                    )
-                    .bind(snapshots.iter().map(|s| s.captured_at).collect::<Vec<_>>())
-                    .execute(pool)
-                    .await?;
-                }
+                    .bind(code)
+                    .fetch_all(pool),
+                )
+                .await?
             }
-            Store::Sqlite(pool) => {
-                // SQLite binds at most 32766 parameters; batches stay far below.
-                let mut tx = pool.begin().await?;
-                if !events.is_empty() {
-                    let mut q = sqlx::QueryBuilder::new(
-                        "INSERT INTO room_events (room_code, event_type, version, payload, created_at) ",
-                    );
-                    q.push_values(events, |mut b, e| {
-                        b.push_bind(e.room_code.as_str())
-                            .push_bind(e.event_type)
-                            .push_bind(to_i64(e.version))
-                            .push_bind(e.payload.as_str())
-                            .push_bind(crate::protocol::format_time(e.created_at));
-                    });
-                    q.push(" ON CONFLICT (room_code, version) DO NOTHING");
-                    q.build().execute(&mut *tx).await?;
-                }
-                if !snapshots.is_empty() {
-                    let mut q = sqlx::QueryBuilder::new(
-                        "INSERT INTO room_snapshots (room_code, version, snapshot, captured_at) ",
-                    );
-                    q.push_values(&snapshots, |mut b, s| {
-                        b.push_bind(s.room_code.as_str())
-                            .push_bind(to_i64(s.version))
-                            .push_bind(s.snapshot.as_str())
-                            .push_bind(crate::protocol::format_time(s.captured_at));
-                    });
-                    q.push(
-                        " ON CONFLICT (room_code, version) DO UPDATE \
-                         SET snapshot = excluded.snapshot, captured_at = excluded.captured_at",
-                    );
-                    q.build().execute(&mut *tx).await?;
-                }
-                tx.commit().await?;
+            Pool::Sqlite(pool) => {
+                self.read(
+                    "canvases",
+                    sqlx::query_as(
+                        "SELECT adlob_id, version, ops FROM room_canvases WHERE room_code = ?1",
+                    )
+                    .bind(code)
+                    .fetch_all(pool),
+                )
+                .await?
+            }
+        };
+        let mut rows: HashMap<(String, i64), String> = rows
+            .into_iter()
+            .map(|(adlob, v, ops)| ((adlob, v), ops))
+            .collect();
+        for (adlob, &v) in &stored.canvas_versions {
+            if v == 0 || v > version {
+                return Ok(Err(format!(
+                    "snapshot names canvas {adlob}@{v}, past its own version {version}"
+                )));
+            }
+            let Some(ops) = rows.remove(&(adlob.clone(), to_i64(v))) else {
+                return Ok(Err(format!(
+                    "snapshot needs canvas {adlob}@{v}, which is not stored"
+                )));
+            };
+            let canvas = serde_json::from_str::<Vec<CanvasOp>>(&ops)
+                .map_err(|e| e.to_string())
+                .and_then(|ops| Canvas::from_ops(ops, v).map_err(|why| why.message));
+            let canvas = match canvas {
+                Ok(canvas) => canvas,
+                Err(e) => return Ok(Err(format!("canvas {adlob}@{v} is invalid: {e}"))),
+            };
+            if stored.canvases.insert(adlob.clone(), canvas).is_some() {
+                return Ok(Err(format!("snapshot both holds and names canvas {adlob}")));
             }
         }
-        Ok(())
+        Ok(Ok(stored))
+    }
+
+    /// Applies the logged events after the room's version, in order. The inner error
+    /// is why this room cannot be restored; the outer one stops start-up.
+    async fn replay(&self, room: &mut Room) -> Result<Result<(), String>, StoreError> {
+        let code = room.code().to_string();
+        let after = to_i64(room.version());
+        let rows: Vec<(i64, String)> = match &self.pool {
+            Pool::Postgres(pool) => {
+                self.read(
+                    "events",
+                    sqlx::query_as(
+                        "SELECT version, payload::text FROM room_events \
+                         WHERE room_code = $1 AND version > $2 ORDER BY version",
+                    )
+                    .bind(&code)
+                    .bind(after)
+                    .fetch_all(pool),
+                )
+                .await?
+            }
+            Pool::Sqlite(pool) => {
+                self.read(
+                    "events",
+                    sqlx::query_as(
+                        "SELECT version, payload FROM room_events \
+                         WHERE room_code = ?1 AND version > ?2 ORDER BY version",
+                    )
+                    .bind(&code)
+                    .bind(after)
+                    .fetch_all(pool),
+                )
+                .await?
+            }
+        };
+        for (version, payload) in rows {
+            let Some(expected) = room.version().checked_add(1) else {
+                return Ok(Err(format!("event {version} is past the last version")));
+            };
+            if u64::try_from(version).ok() != Some(expected) {
+                return Ok(Err(format!(
+                    "event log has a gap: expected version {expected}, found {version}"
+                )));
+            }
+            let event: EventPayload = match serde_json::from_str(&payload) {
+                Ok(event) => event,
+                Err(e) => return Ok(Err(format!("event {version} is malformed: {e}"))),
+            };
+            if let Err(why) = room.apply(&event.actor, event.action, event.at.at()) {
+                return Ok(Err(format!(
+                    "event {version} does not apply: {}",
+                    why.message
+                )));
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// One write statement, bounded by the statement timeout.
+    async fn bounded<T>(
+        &self,
+        statement: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, WriteError> {
+        match tokio::time::timeout(self.timeout, statement).await {
+            Ok(result) => result.map_err(WriteError::from),
+            Err(_) => Err(WriteError::TimedOut(self.timeout)),
+        }
+    }
+
+    /// Writes a batch, all of it or nothing: events, canvases, snapshots, and the
+    /// canvas rows the batch's snapshots make obsolete are deleted. Rows already
+    /// present are left alone (events) or rewritten (canvases, and snapshots, whose
+    /// final copy may add `closed`), so a retried batch is harmless.
+    pub async fn write(&self, batch: &Batch<'_>) -> Result<(), WriteError> {
+        let canvases = last_per_key(&batch.canvases, |c| {
+            (c.room_code.as_str(), c.adlob_id.as_str(), c.version)
+        });
+        let snapshots = last_per_key(&batch.snapshots, |s| (s.room_code.as_str(), s.version));
+        // Rows older than the version a snapshot needs: no newer snapshot needs them.
+        let prune: Vec<PruneKey<'_>> = snapshots
+            .iter()
+            .flat_map(|s| {
+                s.canvases
+                    .iter()
+                    .map(|(adlob, v)| (s.room_code.as_str(), adlob.as_str(), to_i64(*v)))
+            })
+            .collect();
+        let rows = Rows {
+            events: &batch.events,
+            canvases: &canvases,
+            snapshots: &snapshots,
+            prune: &prune,
+        };
+        match &self.pool {
+            Pool::Postgres(pool) => {
+                let mut conn = self
+                    .bounded(pool.acquire())
+                    .await
+                    .map_err(WriteError::not_refused)?;
+                let result = self.write_postgres(&mut conn, &rows).await;
+                release(conn, &result);
+                result
+            }
+            Pool::Sqlite(pool) => {
+                let mut conn = self
+                    .bounded(pool.acquire())
+                    .await
+                    .map_err(WriteError::not_refused)?;
+                let result = self.write_sqlite(&mut conn, &rows).await;
+                release(conn, &result);
+                result
+            }
+        }
+    }
+
+    async fn write_postgres(
+        &self,
+        conn: &mut PgConnection,
+        rows: &Rows<'_, '_>,
+    ) -> Result<(), WriteError> {
+        let mut statements = Vec::new();
+        if !rows.events.is_empty() {
+            let e = rows.events;
+            statements.push(
+                sqlx::query(
+                    "INSERT INTO room_events (room_code, event_type, version, payload, created_at) \
+                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], \
+                                          $4::text[]::jsonb[], $5::timestamptz[]) \
+                     ON CONFLICT (room_code, version) DO NOTHING",
+                )
+                .bind(e.iter().map(|e| e.room_code.as_str()).collect::<Vec<_>>())
+                .bind(e.iter().map(|e| e.event_type).collect::<Vec<_>>())
+                .bind(e.iter().map(|e| to_i64(e.version)).collect::<Vec<_>>())
+                .bind(e.iter().map(|e| e.payload.as_str()).collect::<Vec<_>>())
+                .bind(e.iter().map(|e| e.created_at).collect::<Vec<_>>()),
+            );
+        }
+        if !rows.canvases.is_empty() {
+            let c = rows.canvases;
+            statements.push(
+                sqlx::query(
+                    "INSERT INTO room_canvases (room_code, adlob_id, version, ops, captured_at) \
+                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], \
+                                          $4::text[]::jsonb[], $5::timestamptz[]) \
+                     ON CONFLICT (room_code, adlob_id, version) DO UPDATE \
+                     SET ops = EXCLUDED.ops, captured_at = EXCLUDED.captured_at",
+                )
+                .bind(c.iter().map(|c| c.room_code.as_str()).collect::<Vec<_>>())
+                .bind(c.iter().map(|c| c.adlob_id.as_str()).collect::<Vec<_>>())
+                .bind(c.iter().map(|c| to_i64(c.version)).collect::<Vec<_>>())
+                .bind(c.iter().map(|c| c.ops.as_str()).collect::<Vec<_>>())
+                .bind(c.iter().map(|c| c.captured_at).collect::<Vec<_>>()),
+            );
+        }
+        if !rows.snapshots.is_empty() {
+            let s = rows.snapshots;
+            statements.push(
+                sqlx::query(
+                    "INSERT INTO room_snapshots (room_code, version, snapshot, captured_at) \
+                     SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[]::jsonb[], \
+                                          $4::timestamptz[]) \
+                     ON CONFLICT (room_code, version) DO UPDATE \
+                     SET snapshot = EXCLUDED.snapshot, captured_at = EXCLUDED.captured_at",
+                )
+                .bind(s.iter().map(|s| s.room_code.as_str()).collect::<Vec<_>>())
+                .bind(s.iter().map(|s| to_i64(s.version)).collect::<Vec<_>>())
+                .bind(s.iter().map(|s| s.snapshot.as_str()).collect::<Vec<_>>())
+                .bind(s.iter().map(|s| s.captured_at).collect::<Vec<_>>()),
+            );
+        }
+        if !rows.prune.is_empty() {
+            let p = rows.prune;
+            statements.push(
+                sqlx::query(
+                    "DELETE FROM room_canvases c \
+                     USING UNNEST($1::text[], $2::text[], $3::int8[]) AS k(room_code, adlob_id, version) \
+                     WHERE c.room_code = k.room_code AND c.adlob_id = k.adlob_id \
+                       AND c.version < k.version",
+                )
+                .bind(p.iter().map(|k| k.0).collect::<Vec<_>>())
+                .bind(p.iter().map(|k| k.1).collect::<Vec<_>>())
+                .bind(p.iter().map(|k| k.2).collect::<Vec<_>>()),
+            );
+        }
+        // One statement is atomic by itself: a batch of events alone (the common
+        // case) costs one round trip, not three.
+        if statements.len() == 1 {
+            if let Some(statement) = statements.pop() {
+                self.bounded(statement.execute(&mut *conn)).await?;
+            }
+            return Ok(());
+        }
+        let mut tx = self
+            .bounded(conn.begin())
+            .await
+            .map_err(WriteError::not_refused)?;
+        for statement in statements {
+            self.bounded(statement.execute(&mut *tx)).await?;
+        }
+        self.bounded(tx.commit()).await
+    }
+
+    async fn write_sqlite(
+        &self,
+        conn: &mut SqliteConnection,
+        rows: &Rows<'_, '_>,
+    ) -> Result<(), WriteError> {
+        // SQLite binds at most 32766 parameters; batches stay far below (pruning,
+        // which binds 3 per canvas a snapshot names, goes in chunks).
+        let mut tx = self
+            .bounded(conn.begin())
+            .await
+            .map_err(WriteError::not_refused)?;
+        if !rows.events.is_empty() {
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO room_events (room_code, event_type, version, payload, created_at) ",
+            );
+            q.push_values(rows.events, |mut b, e| {
+                b.push_bind(e.room_code.as_str())
+                    .push_bind(e.event_type)
+                    .push_bind(to_i64(e.version))
+                    .push_bind(e.payload.as_str())
+                    .push_bind(crate::protocol::format_time(e.created_at));
+            });
+            q.push(" ON CONFLICT (room_code, version) DO NOTHING");
+            self.bounded(q.build().execute(&mut *tx)).await?;
+        }
+        if !rows.canvases.is_empty() {
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO room_canvases (room_code, adlob_id, version, ops, captured_at) ",
+            );
+            q.push_values(rows.canvases, |mut b, c| {
+                b.push_bind(c.room_code.as_str())
+                    .push_bind(c.adlob_id.as_str())
+                    .push_bind(to_i64(c.version))
+                    .push_bind(c.ops.as_str())
+                    .push_bind(crate::protocol::format_time(c.captured_at));
+            });
+            q.push(
+                " ON CONFLICT (room_code, adlob_id, version) DO UPDATE \
+                 SET ops = excluded.ops, captured_at = excluded.captured_at",
+            );
+            self.bounded(q.build().execute(&mut *tx)).await?;
+        }
+        if !rows.snapshots.is_empty() {
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO room_snapshots (room_code, version, snapshot, captured_at) ",
+            );
+            q.push_values(rows.snapshots, |mut b, s| {
+                b.push_bind(s.room_code.as_str())
+                    .push_bind(to_i64(s.version))
+                    .push_bind(s.snapshot.as_str())
+                    .push_bind(crate::protocol::format_time(s.captured_at));
+            });
+            q.push(
+                " ON CONFLICT (room_code, version) DO UPDATE \
+                 SET snapshot = excluded.snapshot, captured_at = excluded.captured_at",
+            );
+            self.bounded(q.build().execute(&mut *tx)).await?;
+        }
+        for chunk in rows.prune.chunks(SQLITE_PRUNE_CHUNK) {
+            let mut q = sqlx::QueryBuilder::new("WITH k(room_code, adlob_id, version) AS (");
+            q.push_values(chunk, |mut b, k| {
+                b.push_bind(k.0).push_bind(k.1).push_bind(k.2);
+            });
+            q.push(
+                ") DELETE FROM room_canvases WHERE EXISTS (SELECT 1 FROM k \
+                 WHERE k.room_code = room_canvases.room_code \
+                   AND k.adlob_id = room_canvases.adlob_id \
+                   AND room_canvases.version < k.version)",
+            );
+            self.bounded(q.build().execute(&mut *tx)).await?;
+        }
+        self.bounded(tx.commit()).await
+    }
+
+    /// Keeps a refused row in `persist_dead_letters`.
+    pub async fn dead_letter(&self, letter: &DeadLetter<'_>) -> Result<(), WriteError> {
+        let insert = "INSERT INTO persist_dead_letters \
+                      (kind, room_code, adlob_id, event_type, version, body, error, failed_at) \
+                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+        let now = OffsetDateTime::now_utc();
+        match &self.pool {
+            Pool::Postgres(pool) => {
+                let mut conn = self
+                    .bounded(pool.acquire())
+                    .await
+                    .map_err(WriteError::not_refused)?;
+                let statement = sqlx::query(insert)
+                    .bind(letter.kind)
+                    .bind(letter.room_code)
+                    .bind(letter.adlob_id)
+                    .bind(letter.event_type)
+                    .bind(to_i64(letter.version))
+                    .bind(letter.body)
+                    .bind(letter.error)
+                    .bind(now);
+                let result = self.bounded(conn.execute(statement)).await.map(drop);
+                release(conn, &result);
+                result
+            }
+            Pool::Sqlite(pool) => {
+                let mut conn = self
+                    .bounded(pool.acquire())
+                    .await
+                    .map_err(WriteError::not_refused)?;
+                let statement = sqlx::query(insert)
+                    .bind(letter.kind)
+                    .bind(letter.room_code)
+                    .bind(letter.adlob_id)
+                    .bind(letter.event_type)
+                    .bind(to_i64(letter.version))
+                    .bind(letter.body)
+                    .bind(letter.error)
+                    .bind(crate::protocol::format_time(now));
+                let result = self.bounded(conn.execute(statement)).await.map(drop);
+                release(conn, &result);
+                result
+            }
+        }
+    }
+}
+
+/// A batch's rows as the write statements take them.
+struct Rows<'b, 'a> {
+    events: &'b [&'a EventRow],
+    canvases: &'b [&'a CanvasRow],
+    snapshots: &'b [&'a SnapshotRow],
+    prune: &'b [PruneKey<'a>],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_row_per_key_the_last_one_kept_in_order() {
+        let rows = [(1, "a"), (2, "b"), (1, "c"), (3, "d")];
+        let refs: Vec<&(i32, &str)> = rows.iter().collect();
+        let kept = last_per_key(&refs, |r| r.0);
+        assert_eq!(kept, [&(2, "b"), &(1, "c"), &(3, "d")]);
+    }
+
+    #[test]
+    fn only_database_refusals_of_content_are_content_errors() {
+        assert!(!is_content_error(&sqlx::Error::PoolTimedOut));
+        assert!(!is_content_error(&sqlx::Error::Io(std::io::Error::other(
+            "reset"
+        ))));
+        assert!(is_content_error(&sqlx::Error::Encode("bad".into())));
     }
 }

@@ -42,6 +42,8 @@ counters!(
     snapshots_persisted_total,
     event_persist_success_total,
     event_persist_failures_total,
+    canvases_persisted_total,
+    persist_dead_letters_total,
     persist_batches_total,
     persist_batch_micros_total,
     rate_limited_total,
@@ -64,6 +66,8 @@ pub struct Metrics {
     pub connections_live: AtomicI64,
     /// Rows waiting to be written to the database (shared with the writer).
     pub persist_queue_depth: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Bytes of those rows (shared with the writer).
+    pub persist_queue_bytes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Metrics {
@@ -100,6 +104,10 @@ impl Metrics {
         out.insert(
             "persist_queue_depth".into(),
             self.persist_queue_depth.load(Ordering::Relaxed).into(),
+        );
+        out.insert(
+            "persist_queue_bytes".into(),
+            self.persist_queue_bytes.load(Ordering::Relaxed).into(),
         );
         *previous = now;
         serde_json::Value::Object(out)

@@ -11,6 +11,20 @@ pub fn postgres_admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
 }
 
+/// The address of the machine's PostgreSQL, for a proxy to put itself in front of.
+pub fn postgres_addr() -> std::net::SocketAddr {
+    let url = postgres_admin_url();
+    let host_port = url
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("host:port in the PostgreSQL URL");
+    std::net::ToSocketAddrs::to_socket_addrs(host_port)
+        .expect("PostgreSQL address resolves")
+        .next()
+        .expect("an address")
+}
+
 /// A database created for one test; `url` points at it.
 pub struct TestDb {
     pub url: String,
