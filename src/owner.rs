@@ -759,10 +759,15 @@ impl Owner {
     ) -> Result<Applied, Rejection> {
         let actor = origin.actor();
         let observers = self.ctx.observers.clone();
-        let presence = matches!(action, Action::Connect | Action::Disconnect);
+        // Presence (a closed socket cannot be refused) and a change's follow-up (its
+        // first half is already accepted) are never asked.
+        let unasked = matches!(
+            action,
+            Action::Connect | Action::Disconnect | Action::ResetReady
+        );
         if let Err(why) = observers
             .iter()
-            .filter(|_| !presence)
+            .filter(|_| !unasked)
             .try_for_each(|o| o.admit(&self.room))
         {
             observers
@@ -784,6 +789,11 @@ impl Owner {
                 observers
                     .iter()
                     .for_each(|o| o.applied(&self.room, &change));
+                if let Some(next) = applied.follow_up.clone() {
+                    // Its own version, message and event row; it cannot be refused
+                    // (server-only, nothing to check), so its result is not needed.
+                    let _ = self.change(&Origin::Server, next, except);
+                }
                 Ok(applied)
             }
             Err(why) => {
@@ -806,9 +816,8 @@ impl Owner {
         }
         self.broadcast(&frame, except);
         self.notify_watchers(kind, applied.version, &frame);
-        if applied.event.sends_room_state()
-            && !matches!(applied.event, Event::PlayerConnected { .. })
-        {
+        // With a follow-up, its own room_state comes right after and carries both.
+        if applied.event.sends_room_state() && applied.follow_up.is_none() {
             let state = self.room_state_frame();
             self.broadcast(&state, except);
             self.notify_watchers("room_state", applied.version, &state);
@@ -827,7 +836,9 @@ impl Owner {
         let snapshot = self.room.snapshot();
         let version = applied.version;
         let message = match &applied.event {
-            Event::PlayerConnected { .. } => ServerMessage::RoomState { snapshot },
+            Event::PlayerConnected { .. } | Event::ReadyReset => {
+                ServerMessage::RoomState { snapshot }
+            }
             Event::PlayerLeft { player_id } | Event::PlayerRemoved { player_id } => {
                 ServerMessage::PlayerLeft {
                     room_code,

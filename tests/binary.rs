@@ -6,7 +6,7 @@ mod binproc;
 mod common;
 
 use binproc::{Proc, WAIT, http_get, seed_snapshot};
-use common::Client;
+use common::{Client, version_of};
 use karaoke_realtime::auth::{TokenKeys, now_secs};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -201,7 +201,13 @@ async fn metrics_flush_counts_what_clients_did_and_logs_carry_room_and_player() 
         .await;
     let changed = a.expect("status_changed").await;
     assert_eq!(changed["status"], "briefing", "{changed}");
-    a.expect("room_state").await;
+    // The ready reset is a change of its own, at the next version.
+    let reset = a.expect("room_state").await;
+    assert_eq!(
+        version_of(&reset),
+        version_of(&changed).map(|v| v + 1),
+        "{reset}"
+    );
     a.send(json!({"type":"set_status","roomCode":room,"playerId":"host","status":"voting","currentPhase":null}))
         .await;
     a.expect_error("invalid_transition").await;

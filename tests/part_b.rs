@@ -313,14 +313,15 @@ async fn resume_replays_missed_events_in_order() {
     host.send(json!({"type":"advance_phase","roomCode":"RES1","playerId":"host"}))
         .await;
     assert_eq!(host.expect("status_changed").await["version"], 5);
-    host.expect("room_state").await;
+    // The host was ready: the reset is version 6.
+    assert_eq!(host.expect("room_state").await["snapshot"]["version"], 6);
 
     let mut p2 = s.connect().await;
     p2.send(join_msg(&s, "RES1", "p2", 2)).await;
     let hello = p2.expect("hello_ack").await;
     assert_eq!(hello["recovered"], true, "{hello}");
-    // The rejoin itself is version 6 (presence on).
-    assert_eq!(hello["snapshot"]["version"], 6);
+    // The rejoin itself is version 7 (presence on).
+    assert_eq!(hello["snapshot"]["version"], 7);
 
     let e = p2.expect("player_left").await;
     assert_eq!(
@@ -335,15 +336,17 @@ async fn resume_replays_missed_events_in_order() {
     let e = p2.expect("status_changed").await;
     assert_eq!(e["version"], 5);
     assert_eq!(e["status"], "briefing");
+    let e = p2.expect("room_state").await;
+    assert_eq!(e["snapshot"]["version"], 6, "the ready reset");
     // Every event after lastVersion, including the presence change of the rejoin.
     let e = p2.expect("room_state").await;
-    assert_eq!(e["snapshot"]["version"], 6);
+    assert_eq!(e["snapshot"]["version"], 7);
 
     // Nothing else was replayed: the next frame is a fresh event.
     host.expect("room_state").await;
     host.set_ready("RES1", "host", false).await;
     let e = p2.expect("ready_update").await;
-    assert_eq!(e["version"], 7, "{e}");
+    assert_eq!(e["version"], 8, "{e}");
 }
 
 #[tokio::test]

@@ -567,6 +567,9 @@ async fn play_whole_game(s: &TestServer, rows: &Rows, code: &str) -> Game {
     )
     .await;
     step(&mut host, advance(code), "status_changed", &mut v).await; // briefing
+    // Everyone was ready: the reset is a change of its own (room_state only).
+    v += 1;
+    read_until(&mut host, "room_state", v).await;
     let brief = Action::BriefUpdated {
         brief_id: "brief-1".into(),
     };
@@ -667,7 +670,7 @@ async fn whole_game_rows(backend: Backend) {
     for e in &events {
         // How players are told of each kind of change.
         let told_as = match e.event_type.as_str() {
-            "player_connected" => "room_state",
+            "player_connected" | "ready_reset" => "room_state",
             "player_removed" => "player_left",
             other => other,
         };
@@ -939,6 +942,9 @@ async fn shutdown_writes_everything(backend: Backend) {
     v += 1;
     host.send(advance(code)).await;
     read_until(&mut host, "status_changed", v).await;
+    // Both were ready: the reset follows as its own change.
+    v += 1;
+    read_until(&mut host, "room_state", v).await;
     v += 1;
     host.send(advance(code)).await;
     read_until(&mut host, "status_changed", v).await;

@@ -257,21 +257,22 @@ async fn play(room: &str, host: &mut Client, p2: &mut Client) -> u64 {
     for c in [&mut *host, &mut *p2] {
         let changed = c.see("status_changed", 5).await;
         assert_eq!(changed["status"], "briefing", "{changed}");
-        c.see("room_state", 5).await;
+        // p2 was ready: the reset is a change of its own.
+        c.see("room_state", 6).await;
     }
     host.send(json!({"type":"advance_phase","roomCode":room,"playerId":"host"}))
         .await;
     for c in [&mut *host, &mut *p2] {
-        let changed = c.see("status_changed", 6).await;
+        let changed = c.see("status_changed", 7).await;
         assert_eq!(changed["currentPhase"], "big_idea", "{changed}");
-        c.see("room_state", 6).await;
+        c.see("room_state", 7).await;
     }
     host.send(
         json!({"type":"submit_big_idea","roomCode":room,"adlobId":"ad-1","text":"Socks that sing"}),
     )
     .await;
     for c in [&mut *host, &mut *p2] {
-        c.see("big_idea_submitted", 7).await;
+        c.see("big_idea_submitted", 8).await;
     }
     p2.send(json!({
         "type": "submit_canvas_delta", "roomCode": room, "adlobId": "ad-1", "phase": "big_idea",
@@ -280,16 +281,16 @@ async fn play(room: &str, host: &mut Client, p2: &mut Client) -> u64 {
     }))
     .await;
     for c in [&mut *host, &mut *p2] {
-        c.see("canvas_delta", 8).await;
+        c.see("canvas_delta", 9).await;
     }
     p2.send(json!({"type":"set_ready","roomCode":room,"playerId":"p2","isReady":true}))
         .await;
     for c in [&mut *host, &mut *p2] {
-        c.see("ready_update", 9).await;
-        c.see("room_state", 9).await;
+        c.see("ready_update", 10).await;
+        c.see("room_state", 10).await;
     }
-    assert_eq!((host.seen, p2.seen), (9, 9));
-    9
+    assert_eq!((host.seen, p2.seen), (10, 10));
+    10
 }
 
 /// Waits until the database holds a snapshot of `room` at `version` or later. The

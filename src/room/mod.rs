@@ -89,6 +89,8 @@ pub enum Action {
     RemovePlayer {
         player_id: String,
     },
+    /// Every ready flag back to false: the second half of a step (see `Advance`).
+    ResetReady,
     /// Status and phase set outright, bypassing the game rules.
     Force {
         status: GameStatus,
@@ -156,6 +158,7 @@ impl Action {
             self,
             Action::UpsertPlayer { .. }
                 | Action::RemovePlayer { .. }
+                | Action::ResetReady
                 | Action::Force { .. }
                 | Action::UpdateSettings { .. }
                 | Action::BriefUpdated { .. }
@@ -181,6 +184,8 @@ pub enum Event {
     },
     PhaseChanged,
     StatusChanged,
+    /// Every ready flag reset; clients learn it from `room_state`.
+    ReadyReset,
     Presentation {
         present_index: i64,
         show_campaign: bool,
@@ -222,6 +227,7 @@ impl Event {
             Event::ReadyUpdate { .. } => "ready_update",
             Event::PhaseChanged => "phase_changed",
             Event::StatusChanged => "status_changed",
+            Event::ReadyReset => "ready_reset",
             Event::Presentation { .. } => "presentation_state",
             Event::CanvasDelta { .. } => "canvas_delta",
             Event::BigIdeaSubmitted { .. } => "big_idea_submitted",
@@ -233,18 +239,23 @@ impl Event {
         }
     }
 
-    /// Whether clients also get a full `room_state` after this event.
+    /// Whether clients also get a full `room_state` after this event's own message.
     pub fn sends_room_state(&self) -> bool {
         matches!(
             self,
-            Event::PlayerConnected { .. }
-                | Event::PlayerLeft { .. }
+            Event::PlayerLeft { .. }
                 | Event::PlayerJoined { .. }
                 | Event::PlayerRemoved { .. }
                 | Event::ReadyUpdate { .. }
                 | Event::PhaseChanged
                 | Event::StatusChanged
         )
+    }
+
+    /// Whether the event has no message of its own: clients learn it from the
+    /// `room_state` at its version alone (presence, the ready reset).
+    pub fn is_state_only(&self) -> bool {
+        matches!(self, Event::PlayerConnected { .. } | Event::ReadyReset)
     }
 }
 
@@ -256,6 +267,11 @@ pub struct Applied {
     pub version: u64,
     /// False for events that change no state (`presentation_state`).
     pub changed: bool,
+    /// A second change the rules ask for right after this one, as its own version
+    /// (the owner applies it): a step's ready reset. Each message clients receive then
+    /// carries its whole change; the existing app records a phase event's version and
+    /// would skip a `room_state` at that same version, never seeing the reset.
+    pub follow_up: Option<Action>,
 }
 
 #[derive(Debug, Clone)]
@@ -502,6 +518,7 @@ impl Room {
             Action::Present { .. } => self.snapshot.version,
             _ => self.next_version()?,
         };
+        let mut follow_up = None;
         let event = match action {
             Action::Connect => {
                 let id = self.acting_player(actor)?;
@@ -535,11 +552,17 @@ impl Room {
                 self.require_host(actor)?;
                 let from = (self.snapshot.status, self.snapshot.current_phase);
                 let to = rules::next_step(from.0, from.1);
+                self.move_to(to, Timestamp::from_instant(now));
+                if self.snapshot.players.iter().any(|p| p.is_ready) {
+                    follow_up = Some(Action::ResetReady);
+                }
+                rules::event_for(from, to)
+            }
+            Action::ResetReady => {
                 for p in &mut self.snapshot.players {
                     p.is_ready = false;
                 }
-                self.move_to(to, Timestamp::from_instant(now));
-                rules::event_for(from, to)
+                Event::ReadyReset
             }
             Action::SetStatus {
                 status,
@@ -578,6 +601,7 @@ impl Room {
                     },
                     version: self.snapshot.version,
                     changed: false,
+                    follow_up: None,
                 });
             }
             Action::Canvas {
@@ -712,6 +736,7 @@ impl Room {
             event,
             version: self.snapshot.version,
             changed: true,
+            follow_up,
         })
     }
 

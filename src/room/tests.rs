@@ -367,7 +367,8 @@ fn advance_resets_every_ready_flag() {
         );
     }
     assert_eq!(ready_flags(&r), [true, true, true]);
-    // Every step of the path resets, including moves inside `creating`.
+    // Every step of the path resets, including moves inside `creating`: the step is
+    // one change and the reset its follow-up, a change of its own at the next version.
     for _ in 0..9 {
         ok(
             &mut r,
@@ -375,9 +376,31 @@ fn advance_resets_every_ready_flag() {
             Action::SetReady { is_ready: true },
             T0,
         );
-        ok(&mut r, &host(), Action::Advance, T0);
+        let applied = r.apply(&host(), Action::Advance, T0).expect("advance");
+        assert_eq!(
+            applied.follow_up,
+            Some(Action::ResetReady),
+            "at {:?}",
+            step(&r)
+        );
+        assert!(
+            ready_flags(&r).contains(&true),
+            "the step itself leaves the flags"
+        );
+        let event = ok(&mut r, &Actor::Server, Action::ResetReady, T0);
+        assert_eq!(event, Event::ReadyReset);
+        assert!(event.is_state_only());
         assert_eq!(ready_flags(&r), [false, false, false], "at {:?}", step(&r));
     }
+    // With nobody ready there is nothing to reset, and no follow-up.
+    let applied = r.apply(&host(), Action::Advance, T0).expect("advance");
+    assert_eq!(applied.follow_up, None);
+}
+
+#[test]
+fn only_the_server_resets_ready_flags() {
+    let mut r = room();
+    rejected(&mut r, &host(), Action::ResetReady, ErrorCode::Forbidden);
 }
 
 #[test]
@@ -821,7 +844,7 @@ fn connect_and_disconnect_track_presence() {
         }
     );
     assert_eq!(event.kind(), "player_connected");
-    assert!(event.sends_room_state());
+    assert!(event.is_state_only());
     let p = r.player("p1").cloned().expect("in roster");
     assert!(p.connected);
     assert!(p.is_ready, "connecting leaves ready alone");
