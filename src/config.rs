@@ -49,6 +49,8 @@ pub struct Config {
     pub room_history_limit: usize,
     /// Live sockets one room accepts.
     pub max_sockets_per_room: usize,
+    /// Live sockets one player may have in one room.
+    pub max_sockets_per_player: usize,
     /// How long shutdown waits for sockets to close and writes to flush.
     pub shutdown_grace: Duration,
     /// Where rooms are persisted (`DATABASE_URL`).
@@ -87,6 +89,9 @@ pub struct Config {
     pub seeded_rooms_per_ip_per_minute: u32,
     /// A client-seeded room with no socket for this long is closed.
     pub seeded_room_idle_ttl: Duration,
+    /// The secret of the existing backend's HTTP broadcast hook
+    /// (`REALTIME_BROADCAST_SECRET`); `None`: `/api/broadcast` does not exist.
+    pub broadcast_secret: Option<Secret>,
     /// Open `WatchRoom` streams at most, in all and per room.
     pub max_watchers: usize,
     pub max_watchers_per_room: usize,
@@ -351,6 +356,7 @@ impl Config {
             ));
         }
         let max_sockets_per_room = r.number("MAX_SOCKETS_PER_ROOM", 64usize, 1, 100_000);
+        let max_sockets_per_player = r.number("MAX_SOCKETS_PER_PLAYER", 4usize, 1, 100_000);
         let shutdown_grace = r.millis("SHUTDOWN_GRACE_MS", 10_000, 0);
         let url = r
             .raw("DATABASE_URL")
@@ -399,6 +405,10 @@ impl Config {
         let seeded_rooms_per_ip_per_minute =
             r.number("SEEDED_ROOMS_PER_IP_PER_MINUTE", 30u32, 1, 1_000_000);
         let seeded_room_idle_ttl = r.millis("SEEDED_ROOM_IDLE_TTL_MS", 30 * 60_000, 1_000);
+        // Any non-empty value: the Node service took whatever the backend shared.
+        let broadcast_secret = r
+            .raw("REALTIME_BROADCAST_SECRET")
+            .map(|s| Secret(s.into_bytes()));
         let max_watchers = r.number("MAX_WATCHERS", 256usize, 0, 1_000_000);
         let max_watchers_per_room = r.number("MAX_WATCHERS_PER_ROOM", 8usize, 0, 1_000_000);
         let image_sources = match r.raw("IMAGE_SOURCES") {
@@ -433,6 +443,7 @@ impl Config {
             outbound_queue_limit,
             room_history_limit,
             max_sockets_per_room,
+            max_sockets_per_player,
             shutdown_grace,
             database,
             persist_queue_limit,
@@ -450,6 +461,7 @@ impl Config {
             max_seeded_rooms,
             seeded_rooms_per_ip_per_minute,
             seeded_room_idle_ttl,
+            broadcast_secret,
             max_watchers,
             max_watchers_per_room,
             image_sources,

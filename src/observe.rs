@@ -76,8 +76,11 @@ pub type Observers = Arc<[Arc<dyn Observer>]>;
 /// Which operator-facing counter family an action belongs to.
 pub fn counter_family(action: &Action) -> Option<Family> {
     match action {
-        Action::SetReady { .. } => Some(Family::Ready),
-        Action::Advance | Action::SetStatus { .. } | Action::Force { .. } => Some(Family::Phase),
+        Action::SetReady { .. } | Action::SetPlayerReady { .. } => Some(Family::Ready),
+        Action::Advance
+        | Action::SetStatus { .. }
+        | Action::Force { .. }
+        | Action::SetPhase { .. } => Some(Family::Phase),
         _ => None,
     }
 }

@@ -29,6 +29,9 @@ const COMMAND_QUEUE: usize = 1024;
 /// The longest the owner sleeps towards a phase deadline before looking again (a far
 /// deadline is reached in steps; no instant arithmetic can overflow).
 const DEADLINE_STEP: Duration = Duration::from_secs(3600);
+/// Backoff of a phase timer whose step was refused.
+const TIMER_RETRY_FIRST: Duration = Duration::from_secs(1);
+const TIMER_RETRY_MAX: Duration = Duration::from_secs(30);
 
 pub use crate::observe::ConnId;
 
@@ -72,7 +75,12 @@ pub struct RoomContext {
     pub observers: Observers,
     pub heartbeat_interval: Duration,
     pub history_limit: usize,
+    /// Bytes of frames the resume history holds at most: more could never be
+    /// replayed into one socket's queue anyway.
+    pub history_bytes: usize,
     pub max_sockets: usize,
+    /// Sockets one player may have in one room (tabs).
+    pub max_sockets_per_player: usize,
     /// How often a changed room's whole state is offered to observers (snapshots).
     pub checkpoint_interval: Duration,
     /// Cancelled at shutdown: sockets then leave without changing room state, so a
@@ -272,6 +280,9 @@ pub fn spawn(
         members: Vec::new(),
         watchers: Vec::new(),
         history: VecDeque::new(),
+        history_bytes: 0,
+        hello_cache: None,
+        timer_retry: None,
         ctx,
     };
     tokio::spawn(async move {
@@ -315,6 +326,15 @@ struct Owner {
     checkpointed: Option<SavedState>,
     /// (version, frame) of the last changes, oldest first, for `lastVersion` resume.
     history: VecDeque<(u64, Frame)>,
+    /// The bytes of the frames in `history`.
+    history_bytes: usize,
+    /// `hello_ack` as built for the room's current state (and `recovered`): joins
+    /// between two changes share one frame instead of each serializing the room.
+    hello_cache: Option<(SavedState, bool, Frame)>,
+    /// After the phase timer's step was refused (a full persistence queue), when to
+    /// try again and the wait after that: a refused step is retried with backoff,
+    /// not on every tick.
+    timer_retry: Option<(Instant, Duration)>,
     /// The version the room had when it was loaded from the store, if it was. After
     /// a crash the versions past it may have named lost changes before the restart.
     restored_at: Option<u64>,
@@ -374,8 +394,14 @@ impl Owner {
             }
             Wake::Checkpoint => self.tick(),
             Wake::Deadline => {
-                if self.deadline_passed() {
-                    self.command(Origin::Server, Action::Advance, None);
+                let retry_due = self.timer_retry.is_none_or(|(at, _)| at <= Instant::now());
+                if self.deadline_passed()
+                    && retry_due
+                    && self.change(&Origin::Server, Action::Advance, None).is_err()
+                {
+                    let wait = self.timer_retry.map_or(TIMER_RETRY_FIRST, |(_, w)| w);
+                    self.timer_retry =
+                        Some((Instant::now() + wait, (wait * 2).min(TIMER_RETRY_MAX)));
                 }
                 Flow::Continue
             }
@@ -414,7 +440,11 @@ impl Owner {
     fn refresh_deadline(&mut self) {
         self.deadline = self.room.phase_deadline().map(|at| {
             let left = Duration::try_from(at - OffsetDateTime::now_utc()).unwrap_or(Duration::ZERO);
-            Instant::now() + left.min(DEADLINE_STEP)
+            let due = Instant::now() + left.min(DEADLINE_STEP);
+            match self.timer_retry {
+                Some((retry_at, _)) => due.max(retry_at),
+                None => due,
+            }
         });
     }
 
@@ -558,6 +588,20 @@ impl Owner {
                 "room has too many open sockets",
             ));
         }
+        let tabs = self
+            .members
+            .iter()
+            .filter(|m| m.player_id == member.player_id)
+            .count();
+        if tabs >= self.ctx.max_sockets_per_player {
+            return Err(Rejection::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "this player has {} open sockets in the room, the most it may have",
+                    self.ctx.max_sockets_per_player
+                ),
+            ));
+        }
         let conn = member.conn;
         let player_id = member.player_id.clone();
         // Judged before the joiner's own presence change, which moves the version.
@@ -633,14 +677,13 @@ impl Owner {
             },
             _ => None,
         };
-        let hello = |recovered| self.hello_frame(recovered);
-        let mut frame = hello(missed.is_some());
+        let mut frame = self.hello_frame(missed.is_some());
         if let Some(events) = &missed {
             let weight = frame.len() + events.iter().map(Frame::len).sum::<usize>();
             if !out.has_room(events.len() + 1, weight) {
                 // Too much to replay into this socket's budget: the snapshot instead.
                 missed = None;
-                frame = hello(false);
+                frame = self.hello_frame(false);
             }
         }
         let recovered = missed.is_some();
@@ -652,7 +695,20 @@ impl Owner {
         recovered
     }
 
-    fn hello_frame(&self, recovered: bool) -> Frame {
+    fn hello_frame(&mut self, recovered: bool) -> Frame {
+        let state = saved_state(&self.room);
+        if let Some((cached, was_recovered, frame)) = &self.hello_cache
+            && *cached == state
+            && *was_recovered == recovered
+        {
+            return frame.clone();
+        }
+        let frame = self.build_hello(recovered);
+        self.hello_cache = Some((state, recovered, frame.clone()));
+        frame
+    }
+
+    fn build_hello(&self, recovered: bool) -> Frame {
         let canvases = self
             .room
             .canvases
@@ -759,12 +815,11 @@ impl Owner {
     ) -> Result<Applied, Rejection> {
         let actor = origin.actor();
         let observers = self.ctx.observers.clone();
-        // Presence (a closed socket cannot be refused) and a change's follow-up (its
-        // first half is already accepted) are never asked.
-        let unasked = matches!(
-            action,
-            Action::Connect | Action::Disconnect | Action::ResetReady
-        );
+        // A socket leaving (a closed socket cannot be refused) and a change's
+        // follow-up (its first half is already accepted) are never asked. A socket
+        // coming online is: at the queue's bound its join is refused, so presence
+        // rows cannot grow the queue past it.
+        let unasked = matches!(action, Action::Disconnect | Action::ResetReady);
         if let Err(why) = observers
             .iter()
             .filter(|_| !unasked)
@@ -779,6 +834,7 @@ impl Owner {
         let at = OffsetDateTime::now_utc();
         match self.room.apply(&actor, action, at) {
             Ok(applied) => {
+                self.timer_retry = None;
                 self.publish(&applied, except);
                 let change = Change {
                     origin,
@@ -809,10 +865,16 @@ impl Owner {
     fn publish(&mut self, applied: &Applied, except: Option<ConnId>) {
         let (kind, frame) = self.event_frame(applied);
         if applied.changed && self.ctx.history_limit > 0 {
-            if self.history.len() >= self.ctx.history_limit {
-                self.history.pop_front();
-            }
+            self.history_bytes += frame.len();
             self.history.push_back((applied.version, frame.clone()));
+            while self.history.len() > self.ctx.history_limit
+                || self.history_bytes > self.ctx.history_bytes
+            {
+                let Some((_, old)) = self.history.pop_front() else {
+                    break;
+                };
+                self.history_bytes -= old.len();
+            }
         }
         self.broadcast(&frame, except);
         self.notify_watchers(kind, applied.version, &frame);

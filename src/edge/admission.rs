@@ -1,5 +1,6 @@
-//! Bounds on what one source address, or everyone together, may hold open: TCP
-//! connections on the players' port, and client-seeded rooms created per minute.
+//! Bounds on what one source address, or everyone together, may hold open or do:
+//! TCP connections on the players' port, client-seeded rooms created per minute, and
+//! failed attempts at the broadcast hook's secret.
 //!
 //! Counts are taken when a connection is accepted and given back when its guard is
 //! dropped, so a connection that upgrades to a WebSocket keeps its place for the
@@ -15,6 +16,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section here is a counter update; a panic cannot leave one
     // half-done, so a poisoned lock is still consistent.
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The key per-address bounds count under: the address itself for IPv4, its /64
+/// for IPv6 (one subscriber gets a whole /64, so a finer key would let one client
+/// take as many places as it has addresses).
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
+    }
 }
 
 /// Why a connection was not admitted.
@@ -61,6 +75,7 @@ impl ConnectionLimits {
 
     /// Takes a place for a connection from `ip`, or says why there is none.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionSlot, Refusal> {
+        let ip = address_key(ip);
         let mut per_ip = lock(&self.per_ip);
         if self.total.load(Ordering::Acquire) >= self.max_total {
             return Err(Refusal::Full);
@@ -96,25 +111,36 @@ impl Drop for ConnectionSlot {
     }
 }
 
-/// Rooms one source address may seed per minute (a fixed one-minute window).
-pub struct SeedLimiter {
+/// Events one source address may cause per minute (a fixed one-minute window):
+/// rooms seeded, failed broadcast-hook secrets.
+pub struct AddressLimiter {
     per_minute: u32,
     windows: Mutex<HashMap<IpAddr, (Instant, u32)>>,
 }
 
 const WINDOW: Duration = Duration::from_secs(60);
 
-impl SeedLimiter {
-    pub fn new(per_minute: u32) -> SeedLimiter {
-        SeedLimiter {
+impl AddressLimiter {
+    pub fn new(per_minute: u32) -> AddressLimiter {
+        AddressLimiter {
             per_minute,
             windows: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Counts one seed from `ip` at `now`; false if its budget for this minute is
+    /// Whether `ip` has spent this minute's budget (without counting anything).
+    pub fn is_spent(&self, ip: IpAddr, now: Instant) -> bool {
+        lock(&self.windows)
+            .get(&address_key(ip))
+            .is_some_and(|(start, count)| {
+                now.saturating_duration_since(*start) < WINDOW && *count >= self.per_minute
+            })
+    }
+
+    /// Counts one event from `ip` at `now`; false if its budget for this minute is
     /// spent.
     pub fn allow(&self, ip: IpAddr, now: Instant) -> bool {
+        let ip = address_key(ip);
         let mut windows = lock(&self.windows);
         // Forget finished windows now and then, so the map stays as small as the
         // set of addresses that seeded in the last minute.
@@ -155,8 +181,22 @@ mod tests {
     }
 
     #[test]
-    fn seeds_per_minute_per_address() {
-        let limiter = SeedLimiter::new(2);
+    fn an_ipv6_64_counts_as_one_address() {
+        let limits = ConnectionLimits::new(10, 1);
+        let a: IpAddr = "2001:db8:1:2::1".parse().expect("v6");
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().expect("v6");
+        let c: IpAddr = "2001:db8:1:3::1".parse().expect("v6");
+        let _a = limits.admit(a).expect("first of the /64");
+        assert_eq!(limits.admit(b).err(), Some(Refusal::PerAddress));
+        assert!(limits.admit(c).is_ok(), "another /64");
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().expect("mapped");
+        let _m = limits.admit(mapped).expect("mapped v4");
+        assert_eq!(limits.admit(A).err(), Some(Refusal::PerAddress));
+    }
+
+    #[test]
+    fn events_per_minute_per_address() {
+        let limiter = AddressLimiter::new(2);
         let t0 = Instant::now();
         assert!(limiter.allow(A, t0));
         assert!(limiter.allow(A, t0));

@@ -10,8 +10,10 @@
 pub mod admission;
 pub mod connection;
 pub mod frame;
+pub mod hook;
 pub mod rate;
 pub mod session;
+pub mod stall;
 
 use crate::server::App;
 use crate::telemetry::Metrics;
@@ -106,7 +108,7 @@ async fn serve_http(tcp: TcpStream, ip: IpAddr, app: Arc<App>, slot: ConnectionS
     let header_timeout = app.config.http_header_timeout;
     let service = hyper::service::service_fn(move |req| {
         let (app, slot) = (app.clone(), slot.clone());
-        async move { Ok::<_, std::convert::Infallible>(route(req, app, ip, &slot)) }
+        async move { Ok::<_, std::convert::Infallible>(route(req, app, ip, &slot).await) }
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -114,7 +116,12 @@ async fn serve_http(tcp: TcpStream, ip: IpAddr, app: Arc<App>, slot: ConnectionS
         // keep-alive connection, so neither a slowloris nor an idle connection stays.
         .header_read_timeout(header_timeout)
         .max_buf_size(16 * 1024)
-        .serve_connection(TokioIo::new(tcp), service)
+        // A response that waits as long for a client that does not read it ends the
+        // connection too (stall.rs).
+        .serve_connection(
+            TokioIo::new(stall::WriteStall::new(tcp, header_timeout)),
+            service,
+        )
         .with_upgrades()
         .await;
 }
@@ -138,7 +145,10 @@ async fn serve_refused(tcp: TcpStream, refusal: Refusal) {
         .timer(TokioTimer::new())
         .header_read_timeout(OVERFLOW_TIMEOUT)
         .keep_alive(false)
-        .serve_connection(TokioIo::new(tcp), service);
+        .serve_connection(
+            TokioIo::new(stall::WriteStall::new(tcp, OVERFLOW_TIMEOUT)),
+            service,
+        );
     let _ = tokio::time::timeout(OVERFLOW_TIMEOUT * 2, serve).await;
 }
 
@@ -148,7 +158,7 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     response
 }
 
-fn route(
+async fn route(
     req: Request<Incoming>,
     app: Arc<App>,
     ip: IpAddr,
@@ -157,10 +167,19 @@ fn route(
     if is_upgrade(&req) {
         return upgrade(req, app, ip, slot);
     }
-    match req.uri().path() {
-        "/health" => text(StatusCode::OK, "ok"),
-        "/readyz" if app.is_ready() => text(StatusCode::OK, "ready"),
-        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+    // The migration bridge exists only while its secret is configured.
+    let hook_secret = app.config.broadcast_secret.clone();
+    match (req.method(), req.uri().path(), hook_secret) {
+        (_, "/health", _) => text(StatusCode::OK, "ok"),
+        (_, "/readyz", _) if app.is_ready() => text(StatusCode::OK, "ready"),
+        (_, "/readyz", _) => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+        (&hyper::Method::POST, "/api/broadcast", Some(secret)) => {
+            hook::broadcast(req, app, ip, &secret.0).await
+        }
+        (&hyper::Method::GET, "/api/metrics", Some(_)) => hook::metrics(&app),
+        (_, "/api/broadcast" | "/api/metrics", Some(_)) => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
         _ => text(StatusCode::NOT_FOUND, "not found"),
     }
 }
@@ -205,16 +224,23 @@ fn upgrade(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let task_app = app.clone();
     app.tasks.spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(e) => {
+        // The 101 goes out behind whatever the connection still had to send; a
+        // client that never reads it must not hold the socket (and its place).
+        let limit = task_app.config.http_header_timeout;
+        let upgraded = match tokio::time::timeout(limit, on_upgrade).await {
+            Ok(Ok(upgraded)) => upgraded,
+            Ok(Err(e)) => {
                 tracing::debug!(error = %e, "upgrade_failed");
                 return;
             }
+            Err(_) => {
+                tracing::debug!("upgrade_timed_out");
+                return;
+            }
         };
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
+        match upgraded.downcast::<TokioIo<stall::WriteStall<TcpStream>>>() {
             Ok(parts) => {
-                let stream = parts.io.into_inner();
+                let stream = parts.io.into_inner().into_inner();
                 session::run(stream, parts.read_buf, ip, task_app, slot).await;
             }
             // The players' port serves plain TCP, so this does not happen.

@@ -33,6 +33,9 @@ use tokio::net::TcpStream;
 
 /// How long a closing socket gets to take its last frames, and to answer our Close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A write that makes no progress for this long closes the socket with 1013: the
+/// client stopped reading. (A slow but reading client makes progress and stays.)
+const WRITE_STALL: Duration = Duration::from_secs(15);
 
 struct Joined {
     room: RoomHandle,
@@ -57,7 +60,7 @@ pub async fn run(
         app.config.outbound_queue_limit,
         app.config.outbound_queue_bytes,
     );
-    let stall = app.config.heartbeat_timeout;
+    let stall = WRITE_STALL.min(app.config.heartbeat_timeout);
     let frames = FrameReader::new(app.config.max_message_bytes, initial);
     let reader = Reader {
         conn,
@@ -415,7 +418,18 @@ impl Reader {
             player_id: join.player_id.clone(),
             out: self.out.clone(),
         };
-        room.attach(member, join.last_version).await?;
+        if let Err(why) = room.attach(member, join.last_version).await {
+            // Re-joining the same room as another player first left as the old one:
+            // after a refusal this socket is in no room.
+            if self
+                .joined
+                .as_ref()
+                .is_some_and(|previous| previous.room.code() == room.code())
+            {
+                self.joined = None;
+            }
+            return Err(why);
+        }
         // A second join on one socket moves it; the old room is left only once the
         // new one has accepted the socket (a re-join of the same room stays put).
         if let Some(previous) = self.joined.take()

@@ -6,6 +6,7 @@
 
 pub mod canvas;
 pub mod client;
+pub mod hook;
 pub mod server;
 
 use serde::{Deserialize, Serialize};
@@ -168,6 +169,10 @@ pub mod limits {
     /// are exact only up to 2^53 - 1. A seed, a stored row or a change that would pass
     /// it is refused, so a version never wraps, saturates or loses precision.
     pub const MAX_VERSION: u64 = (1 << 53) - 1;
+    /// The largest version a client seed may start a room at: half the range, so a
+    /// seeded room has more versions left than it could ever use (2^52 changes is
+    /// over a century at a million a second) and never meets `MAX_VERSION`.
+    pub const MAX_SEED_VERSION: u64 = 1 << 52;
 }
 
 /// Characters that may not appear in identifiers or names: control characters, and
@@ -273,8 +278,19 @@ impl Timestamp {
     /// The latest accepted instant (exclusive).
     pub const LATEST: time::OffsetDateTime = time::macros::datetime!(2200-01-01 00:00 UTC);
 
+    /// The longest accepted text: RFC 3339 with nanoseconds and an offset is 35
+    /// characters; the parser would take any number of fraction digits, which would
+    /// then ride in every snapshot.
+    pub const MAX_LEN: usize = 64;
+
     /// Parses and range-checks `text`; errors name `field`.
     pub fn parse(field: &str, text: &str) -> Result<Timestamp, Rejection> {
+        if text.len() > Self::MAX_LEN {
+            return Err(invalid(format!(
+                "{field} must be an RFC 3339 timestamp of at most {} characters",
+                Self::MAX_LEN
+            )));
+        }
         let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
             .map_err(|_| invalid(format!("{field} must be an RFC 3339 timestamp")))?;
         if at < Self::EARLIEST || at >= Self::LATEST {

@@ -91,6 +91,17 @@ pub enum Action {
     },
     /// Every ready flag back to false: the second half of a step (see `Advance`).
     ResetReady,
+    /// One player's ready flag, set by the backend (its HTTP broadcast hook).
+    SetPlayerReady {
+        player_id: String,
+        is_ready: bool,
+    },
+    /// The creation phase set outright by the backend (`phase_changed` through its
+    /// HTTP broadcast hook): status `creating`, the given phase.
+    SetPhase {
+        phase: CreationPhase,
+        start_time: Option<Timestamp>,
+    },
     /// Status and phase set outright, bypassing the game rules.
     Force {
         status: GameStatus,
@@ -159,6 +170,8 @@ impl Action {
             Action::UpsertPlayer { .. }
                 | Action::RemovePlayer { .. }
                 | Action::ResetReady
+                | Action::SetPlayerReady { .. }
+                | Action::SetPhase { .. }
                 | Action::Force { .. }
                 | Action::UpdateSettings { .. }
                 | Action::BriefUpdated { .. }
@@ -335,7 +348,16 @@ impl Room {
             Some(t) => Some(Timestamp::parse("initialSnapshot.phaseStartTime", t)?),
             None => None,
         };
-        room.snapshot.version = check_version("initialSnapshot.version", seed.version)?;
+        if seed.version > limits::MAX_SEED_VERSION {
+            return Err(Rejection::new(
+                ErrorCode::InvalidPayload,
+                format!(
+                    "initialSnapshot.version must be at most {}",
+                    limits::MAX_SEED_VERSION
+                ),
+            ));
+        }
+        room.snapshot.version = seed.version;
         let (status, phase) = rules::normalize(seed.status, seed.current_phase);
         room.snapshot.status = status;
         room.snapshot.current_phase = phase;
@@ -541,12 +563,16 @@ impl Room {
             }
             Action::SetReady { is_ready } => {
                 let id = self.acting_player(actor)?;
-                let p = self.player_mut(&id).ok_or_else(not_in_roster)?;
-                p.is_ready = is_ready;
-                Event::ReadyUpdate {
-                    player_id: id,
-                    is_ready,
-                }
+                self.set_ready(id, is_ready)?
+            }
+            Action::SetPlayerReady {
+                player_id,
+                is_ready,
+            } => self.set_ready(player_id, is_ready)?,
+            Action::SetPhase { phase, start_time } => {
+                let start = start_time.unwrap_or_else(|| Timestamp::from_instant(now));
+                self.move_to((GameStatus::Creating, Some(phase)), start);
+                Event::PhaseChanged
             }
             Action::Advance => {
                 self.require_host(actor)?;
@@ -759,6 +785,15 @@ impl Room {
         }
         players.sort_by_key(|p| p.seat_index);
         Ok(Event::PlayerJoined { player_id })
+    }
+
+    fn set_ready(&mut self, player_id: String, is_ready: bool) -> Result<Event, Rejection> {
+        let p = self.player_mut(&player_id).ok_or_else(not_in_roster)?;
+        p.is_ready = is_ready;
+        Ok(Event::ReadyUpdate {
+            player_id,
+            is_ready,
+        })
     }
 
     fn move_to(&mut self, (status, phase): (GameStatus, Option<CreationPhase>), start: Timestamp) {

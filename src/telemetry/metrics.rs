@@ -55,6 +55,10 @@ counters!(
     connections_refused_total,
     room_owner_panics_total,
     seeded_rooms_refused_total,
+    http_broadcast_attempts_total,
+    http_broadcast_success_total,
+    http_broadcast_failures_total,
+    http_broadcast_auth_failures_total,
 );
 
 #[derive(Debug, Default)]

@@ -6,6 +6,8 @@
 //! (for example that no secret was ever printed).
 #![allow(dead_code)]
 
+pub mod tools;
+
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -331,12 +333,29 @@ fn proc_listening_port(pid: u32) -> Option<u16> {
 
 /// One HTTP/1.1 GET over a raw TCP connection; returns the status code and body.
 pub async fn http_get(port: u16, path: &str) -> (u16, String) {
+    http_request(port, "GET", path, None).await
+}
+
+/// A `POST` of a JSON `body`; returns the status code and the body.
+pub async fn http_post(port: u16, path: &str, body: &str) -> (u16, String) {
+    http_request(port, "POST", path, Some(body)).await
+}
+
+async fn http_request(port: u16, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
     let exchange = async {
         let mut tcp = TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("connect for HTTP");
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+        let request = match body {
+            None => format!(
+                "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+            ),
+            Some(body) => format!(
+                "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        };
         tcp.write_all(request.as_bytes())
             .await
             .expect("write HTTP request");
@@ -348,7 +367,7 @@ pub async fn http_get(port: u16, path: &str) -> (u16, String) {
     };
     let response = tokio::time::timeout(WAIT, exchange)
         .await
-        .unwrap_or_else(|_| panic!("GET {path} answered within {WAIT:?}"));
+        .unwrap_or_else(|_| panic!("{method} {path} answered within {WAIT:?}"));
     let status = response
         .split_whitespace()
         .nth(1)
