@@ -245,6 +245,13 @@ pub fn serve(
     let admin_addr = admin_listener
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+    if app.config.broadcast_secret.is_some() {
+        tracing::warn!(
+            "REALTIME_BROADCAST_SECRET is set: POST /api/broadcast is open on the players' \
+             port (a migration bridge; its secret travels in request bodies; move the backend \
+             to the admin plane)"
+        );
+    }
     if app.config.admin_token.is_none() {
         tracing::warn!(
             port = admin_addr.port(),

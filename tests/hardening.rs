@@ -3,6 +3,7 @@
 //! versions and dates, a crashing room, rooms full of canvas, resumes far behind,
 //! connections that never finish or never stop, and counts a client controls.
 
+mod binproc;
 mod common;
 
 use common::raw::{self, RawWs, closed_by_peer, connect_from, http, upgrade_request};
@@ -890,4 +891,50 @@ async fn an_endless_timestamp_is_refused() {
         e["message"],
         "phaseStartTime must be an RFC 3339 timestamp of at most 64 characters"
     );
+}
+
+#[tokio::test]
+async fn a_connection_cap_above_the_file_limit_is_lowered_so_health_and_admin_keep_answering() {
+    // 300 file descriptors: the cap of 25,000 cannot be held; the server lowers it
+    // to 300 - 256 = 44 and says so, and refuses past it before `accept` runs dry.
+    let mut server = binproc::Proc::spawn_with_nofile(
+        &[
+            ("PORT", "0"),
+            ("ADMIN_PORT", "0"),
+            ("BIND_ADDR", "127.0.0.1"),
+            ("REALTIME_SHARED_SECRET", SECRET),
+            ("DATABASE_URL", "memory:"),
+            ("METRICS_FLUSH_INTERVAL_MS", "0"),
+        ],
+        300,
+    );
+    let lowered = server
+        .find_message("max_connections_lowered_to_fit_the_fd_limit")
+        .await;
+    assert_eq!(lowered["used"], 44, "{lowered}");
+    let port = server.listening_port().await;
+    let admin_port = server.find_message("admin_plane_listening").await["port"]
+        .as_u64()
+        .expect("admin port");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut open = Vec::new();
+    for _ in 0..44 {
+        open.push(RawWs::connect(addr).await);
+    }
+    for _ in 0..20 {
+        let mut tcp = TcpStream::connect(addr).await.expect("connect");
+        let (status, body) = http(&mut tcp, &upgrade_request(addr)).await;
+        assert_eq!((status, body.as_str()), (503, "server at connection capacity"));
+    }
+    let mut probe = TcpStream::connect(addr).await.expect("connect");
+    let (status, _) = http(&mut probe, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status, 200);
+    let mut admin = RoomAdminClient::connect(format!("http://127.0.0.1:{admin_port}"))
+        .await
+        .expect("the admin plane connects");
+    admin
+        .create_room(pb::CreateRoomRequest { code: "FDS".into(), host: None, settings: None })
+        .await
+        .expect("the admin plane answers at capacity");
+    server.kill().await;
 }

@@ -57,8 +57,20 @@ fn scratch_dir() -> PathBuf {
 impl Proc {
     /// Starts the binary with exactly `vars` as its environment.
     pub fn spawn(vars: &[(&str, &str)]) -> Proc {
+        Proc::spawn_command(Command::new(BIN), vars)
+    }
+
+    /// Starts the binary with its open-file limit (soft and hard) set to `nofile`,
+    /// through `prlimit`, which executes it in place (same pid).
+    pub fn spawn_with_nofile(vars: &[(&str, &str)], nofile: u64) -> Proc {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={nofile}:{nofile}")).arg("--").arg(BIN);
+        Proc::spawn_command(cmd, vars)
+    }
+
+    fn spawn_command(mut cmd: Command, vars: &[(&str, &str)]) -> Proc {
         let dir = scratch_dir();
-        let mut child = Command::new(BIN)
+        let mut child = cmd
             .env_clear()
             .envs(vars.iter().copied())
             .current_dir(&dir)
