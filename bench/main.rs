@@ -12,6 +12,10 @@
 //!
 //! Rooms are made by the first join's `initialSnapshot` (the server needs
 //! `ALLOW_CLIENT_SEEDED_ROOMS=true`); tokens are minted from the shared secret.
+//! Clients behave like the existing browser client: every join carries an
+//! `initialSnapshot`, and every socket sends a `heartbeat` every 15 s. Each room's
+//! players connect from their own loopback address (127.0.0.2 onwards), as
+//! households do, so the server's per-address bounds stay at their shipped defaults.
 //! See docs/benchmarks.md for the commands behind each published number.
 
 use futures_util::{SinkExt, StreamExt};
@@ -38,6 +42,13 @@ const USAGE: &str = "usage: karaoke-bench --scenario broadcast|ready|join [optio
   --warmup S         seconds before measuring (default 2)
   --concurrency N    joins in flight (default 200)
   --server-pid PID   read the server's RSS and CPU time from /proc
+  --addresses N      loopback source addresses, one per room in turn (default 200;
+                     0 = connect from the system's choice)
+  --seed-host-only   only the first join of a room carries initialSnapshot (the
+                     real client sends it on every join)
+  --heartbeat-ms MS  each socket sends a heartbeat this often (default 15000; 0 = never)
+  --hold S           join: keep the sockets (heartbeating) this long, then measure
+                     memory again (default 0)
   --tag TEXT         copied into the result line";
 
 #[derive(Clone)]
@@ -52,6 +63,10 @@ struct Opts {
     warmup: Duration,
     concurrency: usize,
     server_pid: Option<u32>,
+    addresses: usize,
+    seed_every_join: bool,
+    heartbeat: Option<Duration>,
+    hold: Duration,
     tag: String,
 }
 
@@ -67,11 +82,19 @@ fn parse() -> Result<Opts, String> {
         warmup: Duration::from_secs(2),
         concurrency: 200,
         server_pid: None,
+        addresses: 200,
+        seed_every_join: true,
+        heartbeat: Some(Duration::from_secs(15)),
+        hold: Duration::ZERO,
         tag: String::new(),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
     while let Some(flag) = it.next() {
+        if flag == "--seed-host-only" {
+            o.seed_every_join = false;
+            continue;
+        }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let num = |v: &str| {
             v.parse::<f64>()
@@ -88,6 +111,12 @@ fn parse() -> Result<Opts, String> {
             "--warmup" => o.warmup = Duration::from_secs_f64(num(value)?),
             "--concurrency" => o.concurrency = num(value)?.max(1.0) as usize,
             "--server-pid" => o.server_pid = Some(num(value)? as u32),
+            "--addresses" => o.addresses = (num(value)? as usize).min(250),
+            "--heartbeat-ms" => {
+                let ms = num(value)?;
+                o.heartbeat = (ms > 0.0).then(|| Duration::from_secs_f64(ms / 1000.0));
+            }
+            "--hold" => o.hold = Duration::from_secs_f64(num(value)?),
             "--tag" => o.tag = value.clone(),
             other => return Err(format!("unknown flag {other}")),
         }
@@ -166,15 +195,13 @@ async fn join(
     let started = Instant::now();
     let code = room_code(room);
     let pid = player_id(seat);
-    let (mut ws, _) = tokio_tungstenite::connect_async(o.url.as_str())
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+    let mut ws = connect(o, room).await?;
     let token = keys.mint_jwt(&code, &pid, now_secs(), 3600);
     let mut msg = json!({"type": "join_room", "roomCode": code, "playerId": pid,
                          "playerToken": token});
-    // Only the host's join (the first of its room) seeds it, as the app does; the
-    // other joins would only make the server parse a hint it ignores.
-    if seat == 0 {
+    // The real client sends its copy of the room with every join; the server reads
+    // it only when the room does not exist.
+    if seat == 0 || o.seed_every_join {
         msg["initialSnapshot"] = seed(&code, o.players);
     }
     ws.send(Message::Text(msg.to_string().into()))
@@ -197,6 +224,41 @@ async fn join(
             return Err(format!("join refused: {}", text.as_str()));
         }
     }
+}
+
+/// Opens the WebSocket of a player of `room`, from that room's loopback address.
+async fn connect(o: &Opts, room: usize) -> Result<Ws, String> {
+    // ws://host:port/…
+    let authority = o
+        .url
+        .strip_prefix("ws://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_default();
+    let (host, port) = authority.rsplit_once(':').unwrap_or((authority, "80"));
+    let port: u16 = port.parse().map_err(|_| format!("--url: bad port in {}", o.url))?;
+    let target: std::net::SocketAddr = match (host, o.addresses) {
+        ("127.0.0.1" | "localhost", n) if n > 0 => ([127, 0, 0, 1], port).into(),
+        _ => {
+            let (ws, _) = tokio_tungstenite::connect_async(o.url.as_str())
+                .await
+                .map_err(|e| format!("connect: {e}"))?;
+            return Ok(ws);
+        }
+    };
+    let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + (room % o.addresses) as u8);
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    socket
+        .bind((source, 0).into())
+        .map_err(|e| format!("bind {source}: {e}"))?;
+    let tcp = socket
+        .connect(target)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let (ws, _) = tokio_tungstenite::client_async(o.url.as_str(), MaybeTlsStream::Plain(tcp))
+        .await
+        .map_err(|e| format!("upgrade: {e}"))?;
+    Ok(ws)
 }
 
 /// Joins every player with bounded concurrency; hosts first so each room is seeded
@@ -264,6 +326,26 @@ struct Tally {
     sent: AtomicU64,
     delivered: AtomicU64,
     errors: AtomicU64,
+    /// `unavailable` refusals (the persistence queue at its bound).
+    unavailable: AtomicU64,
+}
+
+/// The heartbeat timer of one socket, as the real client keeps one.
+fn heartbeats(o: &Opts) -> Option<tokio::time::Interval> {
+    o.heartbeat.map(|every| {
+        let mut i = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    })
+}
+
+async fn next_beat(heartbeat: &mut Option<tokio::time::Interval>) {
+    match heartbeat {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Each player's loop in the broadcast scenario. presentIndex = seat*125 + seq%125,
@@ -279,6 +361,8 @@ async fn broadcast_player(ws: Ws, room: usize, seat: usize, run: Arc<Run>) -> Hi
     let mut interval =
         (o.rate > 0.0).then(|| tokio::time::interval(Duration::from_secs_f64(1.0 / o.rate)));
     let mut awaiting_own = false;
+    let mut heartbeat = heartbeats(o);
+    let beat = json!({"type": "heartbeat", "roomCode": code}).to_string();
     let send_next = |seq: usize| {
         let index = seat * 125 + seq % 125;
         clock.sent[room][index].store(clock.now_ns(), Ordering::Relaxed);
@@ -305,6 +389,12 @@ async fn broadcast_player(ws: Ws, room: usize, seat: usize, run: Arc<Run>) -> Hi
         };
         tokio::select! {
             _ = stop.cancelled() => break,
+            _ = next_beat(&mut heartbeat) => {
+                if sink.send(Message::Text(beat.clone().into())).await.is_err() {
+                    tally.errors.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            }
             _ = tick => {
                 seq += 1;
                 let text = send_next(seq);
@@ -372,7 +462,19 @@ async fn ready_player(mut ws: Ws, room: usize, seat: usize, run: Arc<Run>) -> Hi
     let code = room_code(room);
     let pid = player_id(seat);
     let mut ready = false;
+    let beat = json!({"type": "heartbeat", "roomCode": code}).to_string();
+    let mut last_beat = Instant::now();
     while !stop.is_cancelled() {
+        // A heartbeat between round trips when one is due, as the client's timer would.
+        if let Some(every) = run.opts.heartbeat
+            && last_beat.elapsed() >= every
+        {
+            last_beat = Instant::now();
+            if ws.send(Message::Text(beat.clone().into())).await.is_err() {
+                tally.errors.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+        }
         ready = !ready;
         let msg = json!({"type": "set_ready", "roomCode": code, "playerId": pid, "isReady": ready});
         let started = Instant::now();
@@ -393,6 +495,9 @@ async fn ready_player(mut ws: Ws, room: usize, seat: usize, run: Arc<Run>) -> Hi
                 Ok(v) if v["type"] == "ready_update" && v["playerId"] == pid.as_str() => break,
                 Ok(v) if v["type"] == "error" => {
                     tally.errors.fetch_add(1, Ordering::Relaxed);
+                    if v["code"] == "unavailable" {
+                        tally.unavailable.fetch_add(1, Ordering::Relaxed);
+                    }
                     break;
                 }
                 Ok(_) => continue,
@@ -454,6 +559,9 @@ async fn run(o: Opts) -> Result<Value, String> {
         result["server_cpu_us_per_join"] = ((cpu1 - cpu0) * 1e6 / joined as f64).into();
     }
     if o.scenario == "join" {
+        if !o.hold.is_zero() {
+            hold(&o, sockets, &mut result).await;
+        }
         return Ok(result);
     }
     let run = Arc::new(Run {
@@ -517,6 +625,7 @@ async fn run(o: Opts) -> Result<Value, String> {
         };
     }
     result["errors"] = tally.errors.load(Ordering::Relaxed).into();
+    result["unavailable"] = tally.unavailable.load(Ordering::Relaxed).into();
     result["latency_p50_ms"] = micros(&hist, 0.5).into();
     result["latency_p99_ms"] = micros(&hist, 0.99).into();
     result["latency_max_ms"] = (hist.max() as f64 / 1000.0).into();
@@ -524,7 +633,59 @@ async fn run(o: Opts) -> Result<Value, String> {
     result["seconds"] = elapsed.into();
     if let (Some((_, c0)), Some((rss, c1))) = (cpu0, cpu1) {
         result["server_cpu_cores"] = ((c1 - c0) / elapsed).into();
+        if c1 > c0 {
+            let per_cpu_key = if o.scenario == "broadcast" {
+                "deliveries_per_server_cpu_sec"
+            } else {
+                "round_trips_per_server_cpu_sec"
+            };
+            result[per_cpu_key] = (delivered as f64 / (c1 - c0)).into();
+        }
         result["server_rss_kib"] = rss.into();
     }
     Ok(result)
+}
+
+/// Keeps every joined socket open for `--hold`, sending heartbeats as the real
+/// client does and reading what arrives, then measures the server's memory again.
+async fn hold(o: &Opts, sockets: Vec<Vec<Ws>>, result: &mut Value) {
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+    for (room, players) in sockets.into_iter().enumerate() {
+        for ws in players {
+            let (stop, mut heartbeat) = (stop.clone(), heartbeats(o));
+            let beat = json!({"type": "heartbeat", "roomCode": room_code(room)}).to_string();
+            tasks.push(tokio::spawn(async move {
+                let (mut sink, mut stream) = ws.split();
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = next_beat(&mut heartbeat) => {
+                            if sink.send(Message::Text(beat.clone().into())).await.is_err() {
+                                break;
+                            }
+                        }
+                        msg = stream.next() => if !matches!(msg, Some(Ok(_))) { break },
+                    }
+                }
+                (sink, stream)
+            }));
+        }
+    }
+    tokio::time::sleep(o.hold).await;
+    if let Some((rss, _)) = server_usage(o.server_pid) {
+        result["server_rss_kib_after_hold"] = rss.into();
+        if let (Some(before), Some(joined)) = (
+            result["server_rss_kib_before"].as_u64(),
+            result["sockets"].as_u64().filter(|n| *n > 0),
+        ) {
+            result["rss_kib_per_socket_after_hold"] =
+                ((rss as f64 - before as f64) / joined as f64).into();
+        }
+    }
+    stop.cancel();
+    // The sockets close only now, after the measurement.
+    for t in tasks {
+        let _ = t.await;
+    }
 }
