@@ -235,7 +235,9 @@ async fn connect(o: &Opts, room: usize) -> Result<Ws, String> {
         .and_then(|rest| rest.split('/').next())
         .unwrap_or_default();
     let (host, port) = authority.rsplit_once(':').unwrap_or((authority, "80"));
-    let port: u16 = port.parse().map_err(|_| format!("--url: bad port in {}", o.url))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("--url: bad port in {}", o.url))?;
     let target: std::net::SocketAddr = match (host, o.addresses) {
         ("127.0.0.1" | "localhost", n) if n > 0 => ([127, 0, 0, 1], port).into(),
         _ => {

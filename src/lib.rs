@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod edge;
+pub mod fanout;
 pub mod observe;
 pub mod outbox;
 pub mod owner;

@@ -44,13 +44,18 @@ async fn main() -> std::process::ExitCode {
         Ok(handle) => handle,
         Err(e) => {
             tracing::error!(error = %e, "start_failed");
+            telemetry::log::flush(LOG_FLUSH);
             return std::process::ExitCode::from(1);
         }
     };
     signals.wait().await;
     handle.shutdown().await;
+    telemetry::log::flush(LOG_FLUSH);
     std::process::ExitCode::SUCCESS
 }
+
+/// How long the last log lines may take to reach stdout at exit.
+const LOG_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// `karaoke-realtime migrate`: applies the migrations and exits.
 async fn migrate(config: &Config) -> std::process::ExitCode {

@@ -8,21 +8,53 @@
 use crate::protocol::Rejection;
 use crate::room::{Action, Applied, Room};
 use crate::telemetry::Metrics;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// One socket's identity, unique among the sockets of this process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub struct ConnId(pub u64);
+/// One socket's identity, unique beyond this process: the process's own random tag
+/// and a counter, so a command that names a socket can cross to another node and
+/// still name exactly one socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ConnId {
+    /// Drawn once per process.
+    pub node: u64,
+    pub seq: u64,
+}
 
 impl ConnId {
     pub fn next() -> ConnId {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        ConnId(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        static NODE: OnceLock<u64> = OnceLock::new();
+        ConnId {
+            node: *NODE.get_or_init(rand::random),
+            seq: NEXT.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// A socket id no process hands out (tests, and callers acting as a player).
+    pub fn detached(seq: u64) -> ConnId {
+        ConnId { node: 0, seq }
     }
 }
 
+/// A command to a room's owner, as plain data: who asks, and for what. It holds no
+/// channel and no socket, so it can be logged, stored, or sent to the node that owns
+/// the room; the answer travels separately.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    pub origin: Origin,
+    pub action: Action,
+}
+
 /// Where a command came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "kind",
+    rename_all = "snake_case",
+    rename_all_fields = "camelCase"
+)]
 pub enum Origin {
     /// A player's socket on this node.
     Socket { conn: ConnId, player_id: String },

@@ -7,9 +7,10 @@
 //! history, fans the frame out to the room's sockets and tells the observers.
 
 use crate::edge::frame::{Frame, close};
-use crate::observe::{Change, Observers, Origin};
+use crate::fanout::{Publication, Relay};
+use crate::observe::{Change, Command, Observers, Origin};
 use crate::outbox::{Outbox, Push, Weigh};
-use crate::protocol::server::{BigIdeaState, CanvasState, ServerMessage};
+use crate::protocol::server::ServerMessage;
 use crate::protocol::{ErrorCode, Rejection, RoomSnapshot};
 use crate::room::{Action, Applied, Event, Room};
 use crate::telemetry::Metrics;
@@ -87,6 +88,8 @@ pub struct RoomContext {
     /// client that reconnects after a restart finds the version it last saw.
     pub shutdown: CancellationToken,
     pub watchers: Arc<WatcherCount>,
+    /// Where publications go beyond this node's sockets (none on a single node).
+    pub relays: Arc<[Arc<dyn Relay>]>,
     /// A client-seeded room with no socket and no watcher for this long is closed.
     pub seeded_idle_ttl: Duration,
 }
@@ -108,8 +111,8 @@ pub enum RoomMsg {
         conn: ConnId,
     },
     Command {
-        origin: Origin,
-        action: Action,
+        /// What to do, as plain data (see `Command`).
+        command: Command,
         /// Callers outside a socket (admin, tests) get the outcome here; a socket's
         /// errors go to its own outbox.
         reply: Option<oneshot::Sender<Result<Applied, Rejection>>>,
@@ -181,8 +184,7 @@ impl RoomHandle {
     pub async fn send_from_socket(&self, origin: Origin, action: Action) -> Result<(), Rejection> {
         self.tx
             .send(RoomMsg::Command {
-                origin,
-                action,
+                command: Command { origin, action },
                 reply: None,
             })
             .await
@@ -194,8 +196,7 @@ impl RoomHandle {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(RoomMsg::Command {
-                origin,
-                action,
+                command: Command { origin, action },
                 reply: Some(reply),
             })
             .await
@@ -274,6 +275,7 @@ pub fn spawn(
         restored_at: saved.then(|| room.version()),
         joined_since_restore: HashSet::new(),
         seeded: provenance == Provenance::Seeded,
+        code: code.clone(),
         idle_since: Instant::now(),
         deadline: None,
         room,
@@ -319,6 +321,8 @@ enum Wake {
 
 struct Owner {
     room: Room,
+    /// The room's code, shared with its handle and every publication.
+    code: Arc<str>,
     members: Vec<Member>,
     /// Admin-plane watchers of this room's events.
     watchers: Vec<Watcher>,
@@ -483,11 +487,9 @@ impl Owner {
                 let _ = reply.send(self.attach(member, last_version));
             }
             RoomMsg::Detach { conn } => self.detach(conn),
-            RoomMsg::Command {
-                origin,
-                action,
-                reply,
-            } => self.command(origin, action, reply),
+            RoomMsg::Command { command, reply } => {
+                self.command(command.origin, command.action, reply)
+            }
             RoomMsg::Info { reply } => {
                 let _ = reply.send(RoomInfo {
                     snapshot: self.room.snapshot().clone(),
@@ -620,7 +622,15 @@ impl Owner {
         } else {
             // Part A: every other socket gets room_state on a join, changed or not.
             let frame = self.room_state_frame();
-            self.broadcast(&frame, Some(conn));
+            let code = self.code.clone();
+            self.fan_out(&Publication {
+                room_code: &code,
+                version: self.room.version(),
+                kind: "room_state",
+                frame: &frame,
+                skip: Some(conn),
+                change: false,
+            });
         }
         if self.restored_at.is_some() {
             self.joined_since_restore.insert(player_id.clone());
@@ -709,42 +719,7 @@ impl Owner {
     }
 
     fn build_hello(&self, recovered: bool) -> Frame {
-        let canvases = self
-            .room
-            .canvases
-            .iter()
-            .map(|(id, c)| {
-                (
-                    id.as_str(),
-                    CanvasState {
-                        ops: &c.ops,
-                        version: c.version,
-                    },
-                )
-            })
-            .collect();
-        let big_ideas = self
-            .room
-            .big_ideas
-            .iter()
-            .map(|(id, b)| {
-                (
-                    id.as_str(),
-                    BigIdeaState {
-                        text: &b.text,
-                        author_id: &b.author_id,
-                        version: b.version,
-                    },
-                )
-            })
-            .collect();
-        Frame::json(&ServerMessage::HelloAck {
-            room_code: self.room.code(),
-            snapshot: self.room.snapshot(),
-            recovered,
-            canvases,
-            big_ideas,
-        })
+        Frame::json(&ServerMessage::hello_ack(&self.room, recovered))
     }
 
     fn detach(&mut self, conn: ConnId) {
@@ -876,13 +851,40 @@ impl Owner {
                 self.history_bytes -= old.len();
             }
         }
-        self.broadcast(&frame, except);
-        self.notify_watchers(kind, applied.version, &frame);
+        let code = self.code.clone();
+        self.fan_out(&Publication {
+            room_code: &code,
+            version: applied.version,
+            kind,
+            frame: &frame,
+            skip: except,
+            change: applied.changed,
+        });
         // With a follow-up, its own room_state comes right after and carries both.
         if applied.event.sends_room_state() && applied.follow_up.is_none() {
             let state = self.room_state_frame();
-            self.broadcast(&state, except);
-            self.notify_watchers("room_state", applied.version, &state);
+            self.fan_out(&Publication {
+                room_code: &code,
+                version: applied.version,
+                kind: "room_state",
+                frame: &state,
+                skip: except,
+                change: false,
+            });
+        }
+    }
+
+    /// The one way a publication leaves the owner: this node's sockets, its
+    /// watchers, then every relay.
+    fn fan_out(&mut self, publication: &Publication<'_>) {
+        self.broadcast(publication.frame, publication.skip);
+        if !self.watchers.is_empty() {
+            let event = watch_event(publication.kind, publication.version, publication.frame);
+            self.watchers
+                .retain(|w| w.out.push(event.clone()) == Push::Queued);
+        }
+        for relay in self.ctx.relays.iter() {
+            relay.publish(publication);
         }
     }
 
@@ -894,112 +896,7 @@ impl Owner {
 
     /// The event's wire type and frame.
     fn event_frame(&self, applied: &Applied) -> (&'static str, Frame) {
-        let room_code = self.room.code();
-        let snapshot = self.room.snapshot();
-        let version = applied.version;
-        let message = match &applied.event {
-            Event::PlayerConnected { .. } | Event::ReadyReset => {
-                ServerMessage::RoomState { snapshot }
-            }
-            Event::PlayerLeft { player_id } | Event::PlayerRemoved { player_id } => {
-                ServerMessage::PlayerLeft {
-                    room_code,
-                    player_id,
-                    version,
-                }
-            }
-            Event::ReadyUpdate {
-                player_id,
-                is_ready,
-            } => ServerMessage::ReadyUpdate {
-                room_code,
-                player_id,
-                is_ready: *is_ready,
-                version,
-            },
-            Event::PhaseChanged => ServerMessage::PhaseChanged {
-                room_code,
-                current_phase: snapshot.current_phase,
-                phase_start_time: snapshot.phase_start_time.as_deref(),
-                version,
-            },
-            Event::StatusChanged => ServerMessage::StatusChanged {
-                room_code,
-                status: snapshot.status,
-                current_phase: snapshot.current_phase,
-                phase_start_time: snapshot.phase_start_time.as_deref(),
-                version,
-            },
-            Event::Presentation {
-                present_index,
-                show_campaign,
-            } => ServerMessage::PresentationState {
-                room_code,
-                present_index: *present_index,
-                show_campaign: *show_campaign,
-                version,
-            },
-            Event::CanvasDelta {
-                adlob_id,
-                phase,
-                op,
-                player_id,
-            } => ServerMessage::CanvasDelta {
-                room_code,
-                adlob_id,
-                phase: *phase,
-                delta: op,
-                player_id,
-                version,
-            },
-            Event::BigIdeaSubmitted {
-                adlob_id,
-                text,
-                author_id,
-            } => ServerMessage::BigIdeaSubmitted {
-                room_code,
-                adlob_id,
-                text,
-                author_id,
-                version,
-            },
-            Event::PlayerJoined { player_id } => match self.room.player(player_id) {
-                Some(player) => ServerMessage::PlayerJoined {
-                    room_code,
-                    player,
-                    version,
-                },
-                None => ServerMessage::RoomState { snapshot },
-            },
-            Event::SettingsChanged => {
-                let s = &self.room.settings;
-                ServerMessage::SettingsChanged {
-                    room_code,
-                    product_category: s.product_category.as_deref(),
-                    phase_duration_seconds: s.phase_duration_seconds,
-                    brief_style: s.brief_style.as_deref(),
-                    wacky_brief_style: s.wacky_brief_style.as_deref(),
-                    auto_advance: s.auto_advance,
-                    version,
-                }
-            }
-            Event::BriefUpdated { brief_id } => ServerMessage::BriefUpdated {
-                room_code,
-                brief_id,
-                version,
-            },
-            Event::ContentSubmitted {
-                adlob_id,
-                phase,
-                player_id,
-            } => ServerMessage::ContentSubmitted {
-                room_code,
-                adlob_id,
-                phase: *phase,
-                player_id,
-                version,
-            },
-        };
+        let message = ServerMessage::of_event(&self.room, applied);
         (message.kind(), Frame::json(&message))
     }
 
@@ -1013,15 +910,6 @@ impl Owner {
                 tracing::warn!(roomCode = %self.room.code(), playerId = %m.player_id, "slow_consumer_closed");
             }
         }
-    }
-
-    fn notify_watchers(&mut self, kind: &'static str, version: u64, frame: &Frame) {
-        if self.watchers.is_empty() {
-            return;
-        }
-        let event = watch_event(kind, version, frame);
-        self.watchers
-            .retain(|w| w.out.push(event.clone()) == Push::Queued);
     }
 
     fn send_heartbeat(&self) {

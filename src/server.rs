@@ -213,6 +213,7 @@ pub fn serve(
             max_per_room: config.max_watchers_per_room,
         }),
         seeded_idle_ttl: config.seeded_room_idle_ttl,
+        relays: Arc::new([]),
     });
     let registry = Registry::new(ctx, loaded.known_codes, config.max_seeded_rooms);
     for room in loaded.rooms {

@@ -478,7 +478,7 @@ async fn a_replay_larger_than_the_socket_budget_is_the_snapshot_instead() {
     drop(g);
     // 200 replacements of one 47 KiB image: a small canvas, but 9 MiB of events.
     let host = Origin::Socket {
-        conn: ConnId(u64::MAX),
+        conn: ConnId::detached(u64::MAX),
         player_id: "h".into(),
     };
     for _ in 0..200 {
@@ -763,7 +763,7 @@ async fn the_resume_history_holds_at_most_half_a_sockets_queue() {
     // 120 big deltas: 5.6 MB, which would fit one socket's 8 MiB queue, but the
     // history keeps only the newest 4 MiB of them.
     let host = Origin::Socket {
-        conn: ConnId(u64::MAX),
+        conn: ConnId::detached(u64::MAX),
         player_id: "h".into(),
     };
     for _ in 0..120 {
@@ -924,7 +924,10 @@ async fn a_connection_cap_above_the_file_limit_is_lowered_so_health_and_admin_ke
     for _ in 0..20 {
         let mut tcp = TcpStream::connect(addr).await.expect("connect");
         let (status, body) = http(&mut tcp, &upgrade_request(addr)).await;
-        assert_eq!((status, body.as_str()), (503, "server at connection capacity"));
+        assert_eq!(
+            (status, body.as_str()),
+            (503, "server at connection capacity")
+        );
     }
     let mut probe = TcpStream::connect(addr).await.expect("connect");
     let (status, _) = http(&mut probe, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
@@ -933,7 +936,11 @@ async fn a_connection_cap_above_the_file_limit_is_lowered_so_health_and_admin_ke
         .await
         .expect("the admin plane connects");
     admin
-        .create_room(pb::CreateRoomRequest { code: "FDS".into(), host: None, settings: None })
+        .create_room(pb::CreateRoomRequest {
+            code: "FDS".into(),
+            host: None,
+            settings: None,
+        })
         .await
         .expect("the admin plane answers at capacity");
     server.kill().await;

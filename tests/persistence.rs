@@ -1601,7 +1601,7 @@ fn draw(adlob: &str, op: CanvasOp) -> Action {
 
 fn host() -> Origin {
     Origin::Socket {
-        conn: karaoke_realtime::observe::ConnId(0),
+        conn: karaoke_realtime::observe::ConnId::detached(0),
         player_id: "host".into(),
     }
 }

@@ -21,7 +21,7 @@ use crate::owner::{ConnId, Member, RoomHandle};
 use crate::protocol::client::{ClientMessage, JoinRoom, decode};
 use crate::protocol::server::ServerMessage;
 use crate::protocol::{ErrorCode, Rejection, RoomSnapshot};
-use crate::room::{Action, Room};
+use crate::room::Room;
 use crate::server::App;
 use crate::telemetry::Metrics;
 use bytes::Bytes;
@@ -312,7 +312,7 @@ impl Reader {
     async fn player_message(&mut self, message: ClientMessage) {
         // Refusals here count like the room's own, under the action's counter family.
         let refused = |me: &Self, message: ClientMessage, why: &str| {
-            let family = into_action(message).as_ref().and_then(counter_family);
+            let family = message.into_action().as_ref().and_then(counter_family);
             count_outcome(&me.app.metrics, family, false);
             me.reply_error(ErrorCode::Forbidden, why);
         };
@@ -326,7 +326,7 @@ impl Reader {
             return refused(self, message, "playerId is not the authenticated player");
         }
         let (room, player_id) = (joined.room.clone(), joined.player_id.clone());
-        let Some(action) = into_action(message) else {
+        let Some(action) = message.into_action() else {
             // leave_room, the one player message here that is not a room action.
             self.joined = None;
             room.detach(self.conn).await;
@@ -449,34 +449,4 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// The room action a player message asks for; `None` for messages that are not room
-/// actions (join, leave, heartbeat).
-fn into_action(message: ClientMessage) -> Option<Action> {
-    Some(match message {
-        ClientMessage::SetReady { is_ready, .. } => Action::SetReady { is_ready },
-        ClientMessage::AdvancePhase { .. } => Action::Advance,
-        ClientMessage::SetStatus(m) => Action::SetStatus {
-            status: m.status,
-            phase: m.current_phase,
-            start_time: m.phase_start_time,
-        },
-        ClientMessage::PresentationState(m) => Action::Present {
-            present_index: m.present_index,
-            show_campaign: m.show_campaign,
-        },
-        ClientMessage::SubmitCanvasDelta(m) => Action::Canvas {
-            adlob_id: m.adlob_id,
-            phase: m.phase,
-            op: m.delta,
-        },
-        ClientMessage::SubmitBigIdea(m) => Action::BigIdea {
-            adlob_id: m.adlob_id,
-            text: m.text,
-        },
-        ClientMessage::JoinRoom(_)
-        | ClientMessage::LeaveRoom { .. }
-        | ClientMessage::Heartbeat { .. } => return None,
-    })
 }

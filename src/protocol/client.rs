@@ -10,6 +10,7 @@ use super::{
     CreationPhase, ErrorCode, GameStatus, Rejection, Timestamp, check_free_text, check_id,
     check_room_code as check_code, check_version, limits,
 };
+use crate::room::Action;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use std::borrow::Cow;
@@ -102,6 +103,37 @@ pub struct BigIdea {
 }
 
 impl ClientMessage {
+    /// The room action this message asks for: the one home of the mapping from what
+    /// a player sends to what the room's rules apply. `None` for messages that are
+    /// not room actions (join, leave, heartbeat).
+    pub fn into_action(self) -> Option<Action> {
+        Some(match self {
+            ClientMessage::SetReady { is_ready, .. } => Action::SetReady { is_ready },
+            ClientMessage::AdvancePhase { .. } => Action::Advance,
+            ClientMessage::SetStatus(m) => Action::SetStatus {
+                status: m.status,
+                phase: m.current_phase,
+                start_time: m.phase_start_time,
+            },
+            ClientMessage::PresentationState(m) => Action::Present {
+                present_index: m.present_index,
+                show_campaign: m.show_campaign,
+            },
+            ClientMessage::SubmitCanvasDelta(m) => Action::Canvas {
+                adlob_id: m.adlob_id,
+                phase: m.phase,
+                op: m.delta,
+            },
+            ClientMessage::SubmitBigIdea(m) => Action::BigIdea {
+                adlob_id: m.adlob_id,
+                text: m.text,
+            },
+            ClientMessage::JoinRoom(_)
+            | ClientMessage::LeaveRoom { .. }
+            | ClientMessage::Heartbeat { .. } => return None,
+        })
+    }
+
     /// The room this message is addressed to, if it names one.
     pub fn room_code(&self) -> Option<&str> {
         match self {

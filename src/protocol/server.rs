@@ -2,6 +2,7 @@
 
 use super::canvas::CanvasOp;
 use super::{CreationPhase, ErrorCode, GameStatus, PlayerSummary, RoomSnapshot};
+use crate::room::{Applied, Event, Room};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -157,4 +158,157 @@ impl ServerMessage<'_> {
 /// The text of an `error` frame.
 pub fn error_text(code: ErrorCode, message: &str) -> String {
     ServerMessage::Error { code, message }.to_text()
+}
+
+impl<'a> ServerMessage<'a> {
+    /// The message that announces an applied change: the one home of the mapping
+    /// from a room's events to what clients receive. Data the room holds (status,
+    /// phase, start time, the player who joined, settings) is read from the room as
+    /// it is after the change.
+    pub fn of_event(room: &'a Room, applied: &'a Applied) -> ServerMessage<'a> {
+        let room_code = room.code();
+        let snapshot = room.snapshot();
+        let version = applied.version;
+        match &applied.event {
+            Event::PlayerConnected { .. } | Event::ReadyReset => {
+                ServerMessage::RoomState { snapshot }
+            }
+            Event::PlayerLeft { player_id } | Event::PlayerRemoved { player_id } => {
+                ServerMessage::PlayerLeft {
+                    room_code,
+                    player_id,
+                    version,
+                }
+            }
+            Event::ReadyUpdate {
+                player_id,
+                is_ready,
+            } => ServerMessage::ReadyUpdate {
+                room_code,
+                player_id,
+                is_ready: *is_ready,
+                version,
+            },
+            Event::PhaseChanged => ServerMessage::PhaseChanged {
+                room_code,
+                current_phase: snapshot.current_phase,
+                phase_start_time: snapshot.phase_start_time.as_deref(),
+                version,
+            },
+            Event::StatusChanged => ServerMessage::StatusChanged {
+                room_code,
+                status: snapshot.status,
+                current_phase: snapshot.current_phase,
+                phase_start_time: snapshot.phase_start_time.as_deref(),
+                version,
+            },
+            Event::Presentation {
+                present_index,
+                show_campaign,
+            } => ServerMessage::PresentationState {
+                room_code,
+                present_index: *present_index,
+                show_campaign: *show_campaign,
+                version,
+            },
+            Event::CanvasDelta {
+                adlob_id,
+                phase,
+                op,
+                player_id,
+            } => ServerMessage::CanvasDelta {
+                room_code,
+                adlob_id,
+                phase: *phase,
+                delta: op,
+                player_id,
+                version,
+            },
+            Event::BigIdeaSubmitted {
+                adlob_id,
+                text,
+                author_id,
+            } => ServerMessage::BigIdeaSubmitted {
+                room_code,
+                adlob_id,
+                text,
+                author_id,
+                version,
+            },
+            Event::PlayerJoined { player_id } => match room.player(player_id) {
+                Some(player) => ServerMessage::PlayerJoined {
+                    room_code,
+                    player,
+                    version,
+                },
+                None => ServerMessage::RoomState { snapshot },
+            },
+            Event::SettingsChanged => {
+                let s = &room.settings;
+                ServerMessage::SettingsChanged {
+                    room_code,
+                    product_category: s.product_category.as_deref(),
+                    phase_duration_seconds: s.phase_duration_seconds,
+                    brief_style: s.brief_style.as_deref(),
+                    wacky_brief_style: s.wacky_brief_style.as_deref(),
+                    auto_advance: s.auto_advance,
+                    version,
+                }
+            }
+            Event::BriefUpdated { brief_id } => ServerMessage::BriefUpdated {
+                room_code,
+                brief_id,
+                version,
+            },
+            Event::ContentSubmitted {
+                adlob_id,
+                phase,
+                player_id,
+            } => ServerMessage::ContentSubmitted {
+                room_code,
+                adlob_id,
+                phase: *phase,
+                player_id,
+                version,
+            },
+        }
+    }
+
+    /// `hello_ack` for a socket joining `room`.
+    pub fn hello_ack(room: &'a Room, recovered: bool) -> ServerMessage<'a> {
+        let canvases = room
+            .canvases
+            .iter()
+            .map(|(id, c)| {
+                (
+                    id.as_str(),
+                    CanvasState {
+                        ops: &c.ops,
+                        version: c.version,
+                    },
+                )
+            })
+            .collect();
+        let big_ideas = room
+            .big_ideas
+            .iter()
+            .map(|(id, b)| {
+                (
+                    id.as_str(),
+                    BigIdeaState {
+                        text: &b.text,
+                        author_id: &b.author_id,
+                        version: b.version,
+                    },
+                )
+            })
+            .collect();
+        ServerMessage::HelloAck {
+            room_code: room.code(),
+            snapshot: room.snapshot(),
+            recovered,
+            canvases,
+            big_ideas,
+        }
+    }
 }

@@ -5,8 +5,11 @@
 //! either returns the one [`Event`] describing the change, with the version after it,
 //! or a [`Rejection`] and leaves the room untouched.
 
+mod actions;
 pub mod canvas;
 pub mod rules;
+
+use actions::Done;
 
 use crate::protocol::canvas::CanvasOp;
 use crate::protocol::{
@@ -521,7 +524,8 @@ impl Room {
         self.snapshot.phase_ends_at = self.phase_deadline().map(format_time);
     }
 
-    /// Applies one action. On error nothing about the room has changed.
+    /// Applies one action. On error nothing about the room has changed. Each action's
+    /// rule is its own function, in `actions.rs`.
     pub fn apply(
         &mut self,
         actor: &Actor,
@@ -540,259 +544,70 @@ impl Room {
             Action::Present { .. } => self.snapshot.version,
             _ => self.next_version()?,
         };
-        let mut follow_up = None;
-        let event = match action {
-            Action::Connect => {
-                let id = self.acting_player(actor)?;
-                let p = self.player_mut(&id).ok_or_else(not_in_roster)?;
-                if p.connected {
-                    return Err(Rejection::new(
-                        ErrorCode::InvalidTransition,
-                        "already connected",
-                    ));
-                }
-                p.connected = true;
-                Event::PlayerConnected { player_id: id }
-            }
-            Action::Disconnect => {
-                let id = self.acting_player(actor)?;
-                let p = self.player_mut(&id).ok_or_else(not_in_roster)?;
-                p.connected = false;
-                p.is_ready = false;
-                Event::PlayerLeft { player_id: id }
-            }
+        let now = || Timestamp::from_instant(now);
+        let done: Done = match action {
+            // Changes no version: answered as it is.
+            Action::Present {
+                present_index,
+                show_campaign,
+            } => return self.present(actor, present_index, show_campaign),
+            Action::Connect => self.connect(actor)?.into(),
+            Action::Disconnect => self.disconnect(actor)?.into(),
             Action::SetReady { is_ready } => {
                 let id = self.acting_player(actor)?;
-                self.set_ready(id, is_ready)?
+                self.set_ready(id, is_ready)?.into()
             }
             Action::SetPlayerReady {
                 player_id,
                 is_ready,
-            } => self.set_ready(player_id, is_ready)?,
-            Action::SetPhase { phase, start_time } => {
-                let start = start_time.unwrap_or_else(|| Timestamp::from_instant(now));
-                self.move_to((GameStatus::Creating, Some(phase)), start);
-                Event::PhaseChanged
-            }
-            Action::Advance => {
-                self.require_host(actor)?;
-                let from = (self.snapshot.status, self.snapshot.current_phase);
-                let to = rules::next_step(from.0, from.1);
-                self.move_to(to, Timestamp::from_instant(now));
-                if self.snapshot.players.iter().any(|p| p.is_ready) {
-                    follow_up = Some(Action::ResetReady);
-                }
-                rules::event_for(from, to)
-            }
-            Action::ResetReady => {
-                for p in &mut self.snapshot.players {
-                    p.is_ready = false;
-                }
-                Event::ReadyReset
-            }
+            } => self.set_ready(player_id, is_ready)?.into(),
+            Action::Advance => self.advance(actor, now())?,
+            Action::ResetReady => self.reset_ready().into(),
             Action::SetStatus {
                 status,
                 phase,
                 start_time,
-            } => {
-                let roster = self.require_roster(actor)?;
-                let is_host = roster.map(|p| p.is_host).unwrap_or(true);
-                if !is_host && status != GameStatus::Results {
-                    return Err(Rejection::new(
-                        ErrorCode::Forbidden,
-                        "only the host may set the status",
-                    ));
-                }
-                let from = (self.snapshot.status, self.snapshot.current_phase);
-                let to = rules::requested_step(from, status, phase)?;
-                self.move_to(
-                    to,
-                    start_time.unwrap_or_else(|| Timestamp::from_instant(now)),
-                );
-                Event::StatusChanged
-            }
-            Action::Present {
-                present_index,
-                show_campaign,
-            } => {
-                self.require_roster(actor)?;
-                self.snapshot.presentation = Some(crate::protocol::Presentation {
-                    present_index,
-                    show_campaign,
-                });
-                return Ok(Applied {
-                    event: Event::Presentation {
-                        present_index,
-                        show_campaign,
-                    },
-                    version: self.snapshot.version,
-                    changed: false,
-                    follow_up: None,
-                });
-            }
-            Action::Canvas {
-                adlob_id,
-                phase,
-                op,
-            } => {
-                let id = self.acting_player(actor)?;
-                self.require_roster(actor)?;
-                self.require_phase(
-                    phase,
-                    "canvas deltas are accepted only in the running creation phase",
-                )?;
-                require_room_for(&self.canvases, &adlob_id, "canvases")?;
-                // A new canvas is inserted only once its first op applied, so a
-                // rejected op (e.g. `remove` on an empty canvas) leaves no trace.
-                let total: usize = self.canvases.values().map(Canvas::bytes).sum();
-                match self.canvases.get_mut(&adlob_id) {
-                    Some(canvas) => {
-                        let others = total - canvas.bytes();
-                        let left = canvas::MAX_ROOM_BYTES.saturating_sub(others);
-                        canvas.apply(op.clone(), next, left)?
-                    }
-                    None => {
-                        let left = canvas::MAX_ROOM_BYTES.saturating_sub(total);
-                        let mut canvas = Canvas::default();
-                        canvas.apply(op.clone(), next, left)?;
-                        self.canvases.insert(adlob_id.clone(), canvas);
-                    }
-                }
-                Event::CanvasDelta {
-                    adlob_id,
-                    phase,
-                    op,
-                    player_id: id,
-                }
-            }
-            Action::BigIdea { adlob_id, text } => {
-                let id = self.acting_player(actor)?;
-                self.require_roster(actor)?;
-                self.require_phase(
-                    CreationPhase::BigIdea,
-                    "big ideas are accepted only in the big_idea phase",
-                )?;
-                require_room_for(&self.big_ideas, &adlob_id, "big ideas")?;
-                self.big_ideas.insert(
-                    adlob_id.clone(),
-                    BigIdea {
-                        text: text.clone(),
-                        author_id: id.clone(),
-                        version: next,
-                    },
-                );
-                Event::BigIdeaSubmitted {
-                    adlob_id,
-                    text,
-                    author_id: id,
-                }
-            }
-            Action::UpsertPlayer { player } => self.upsert_player(player)?,
-            Action::RemovePlayer { player_id } => {
-                let before = self.snapshot.players.len();
-                self.snapshot.players.retain(|p| p.id != player_id);
-                if self.snapshot.players.len() == before {
-                    return Err(not_in_roster());
-                }
-                Event::PlayerRemoved { player_id }
+            } => self
+                .set_status(actor, status, phase, start_time.unwrap_or_else(now))?
+                .into(),
+            Action::SetPhase { phase, start_time } => {
+                self.set_phase(phase, start_time.unwrap_or_else(now)).into()
             }
             Action::Force {
                 status,
                 phase,
                 start_time,
-            } => {
-                let to = rules::normalize(status, phase);
-                self.move_to(
-                    to,
-                    start_time.unwrap_or_else(|| Timestamp::from_instant(now)),
-                );
-                Event::StatusChanged
+            } => self
+                .force(
+                    rules::normalize(status, phase),
+                    start_time.unwrap_or_else(now),
+                )
+                .into(),
+            Action::Canvas {
+                adlob_id,
+                phase,
+                op,
+            } => self.canvas(actor, adlob_id, phase, op, next)?.into(),
+            Action::BigIdea { adlob_id, text } => {
+                self.big_idea(actor, adlob_id, text, next)?.into()
             }
-            Action::UpdateSettings { patch } => {
-                check_settings(&patch)?;
-                let s = &mut self.settings;
-                let SettingsPatch {
-                    product_category,
-                    phase_duration_seconds,
-                    brief_style,
-                    wacky_brief_style,
-                    auto_advance,
-                } = patch;
-                if product_category.is_some() {
-                    s.product_category = product_category;
-                }
-                if phase_duration_seconds.is_some() {
-                    s.phase_duration_seconds = phase_duration_seconds;
-                }
-                if brief_style.is_some() {
-                    s.brief_style = brief_style;
-                }
-                if wacky_brief_style.is_some() {
-                    s.wacky_brief_style = wacky_brief_style;
-                }
-                if let Some(on) = auto_advance {
-                    s.auto_advance = on;
-                }
-                Event::SettingsChanged
-            }
-            Action::BriefUpdated { brief_id } => {
-                check_id("briefId", &brief_id, limits::ID_MAX)?;
-                self.brief_id = Some(brief_id.clone());
-                Event::BriefUpdated { brief_id }
-            }
+            Action::UpsertPlayer { player } => self.upsert_player(player)?.into(),
+            Action::RemovePlayer { player_id } => self.remove_player(player_id)?.into(),
+            Action::UpdateSettings { patch } => self.update_settings(patch)?.into(),
+            Action::BriefUpdated { brief_id } => self.brief_updated(brief_id)?.into(),
             Action::ContentSubmitted {
                 adlob_id,
                 phase,
                 player_id,
-            } => {
-                check_id("adlobId", &adlob_id, limits::ID_MAX)?;
-                if self.player(&player_id).is_none() {
-                    return Err(not_in_roster());
-                }
-                Event::ContentSubmitted {
-                    adlob_id,
-                    phase,
-                    player_id,
-                }
-            }
+            } => self.content_submitted(adlob_id, phase, player_id)?.into(),
         };
         self.snapshot.version = next;
         self.refresh_deadline();
         Ok(Applied {
-            event,
+            event: done.event,
             version: self.snapshot.version,
             changed: true,
-            follow_up,
-        })
-    }
-
-    /// Adds or replaces a roster entry. `player.connected` is set by the room's owner,
-    /// which knows the sockets.
-    fn upsert_player(&mut self, player: PlayerSummary) -> Result<Event, Rejection> {
-        check_player(&player)?;
-        let player_id = player.id.clone();
-        let players = &mut self.snapshot.players;
-        let count = players.len();
-        match players.iter_mut().find(|p| p.id == player.id) {
-            Some(existing) => *existing = player,
-            None if count >= limits::MAX_PLAYERS => {
-                return Err(Rejection::new(
-                    ErrorCode::InvalidTransition,
-                    format!("room is full ({} players)", limits::MAX_PLAYERS),
-                ));
-            }
-            None => players.push(player),
-        }
-        players.sort_by_key(|p| p.seat_index);
-        Ok(Event::PlayerJoined { player_id })
-    }
-
-    fn set_ready(&mut self, player_id: String, is_ready: bool) -> Result<Event, Rejection> {
-        let p = self.player_mut(&player_id).ok_or_else(not_in_roster)?;
-        p.is_ready = is_ready;
-        Ok(Event::ReadyUpdate {
-            player_id,
-            is_ready,
+            follow_up: done.follow_up,
         })
     }
 

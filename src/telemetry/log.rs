@@ -7,8 +7,19 @@
 //! Every other text field is cut to `FIELD_MAX_CHARS` characters, with a marker
 //! saying how many were cut: fields often carry what a caller sent (a room code, an
 //! error naming input), and a 1 MB value must not become a 1 MB log line.
+//!
+//! Writing is asynchronous and bounded: a line is rendered where it is logged and
+//! handed to one writer thread through a queue of `QUEUE_LINES` lines, which writes
+//! whatever has gathered with one `write(2)`. No task on the hot path (a join, a
+//! message) ever waits on stdout; when the queue is full (stdout blocked, or a flood
+//! of lines) a line is dropped and counted (`log_lines_dropped_total`), never
+//! waited for. `flush` drains the queue at exit.
 
 use std::io::Write;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::time::Duration;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::Layer;
@@ -35,10 +46,86 @@ pub fn init(level: LogLevel) {
     // `tracing::enabled!` that answers false (sqlx asks before every query) left the
     // filter's per-thread state set, and the next event on that thread was dropped
     // (`rooms_restored` after loading rooms, for one).
-    let _ = tracing_subscriber::registry()
+    let installed = tracing_subscriber::registry()
         .with(filter)
         .with(JsonLines)
-        .try_init();
+        .try_init()
+        .is_ok();
+    if installed {
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_LINES);
+        let started = std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || write_lines(rx));
+        // Without the thread, lines are written where they are logged (see on_event).
+        if started.is_ok() {
+            let _ = SINK.set(tx);
+        }
+    }
+}
+
+/// Lines queued for the writer thread at most; past it a line is dropped.
+pub const QUEUE_LINES: usize = 8192;
+/// Bytes the writer gathers into one write at most.
+const WRITE_BATCH: usize = 64 * 1024;
+
+enum Line {
+    Text(String),
+    /// Everything queued before this is written; then the sender is told.
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+static SINK: OnceLock<SyncSender<Line>> = OnceLock::new();
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Lines dropped because the queue was full, since the process started.
+pub fn dropped() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+/// Writes everything queued so far, waiting at most `limit` (at exit: a `kill -9`
+/// loses what is still queued, a normal exit does not).
+pub fn flush(limit: Duration) {
+    let Some(tx) = SINK.get() else { return };
+    let (ack, done) = std::sync::mpsc::channel();
+    let deadline = std::time::Instant::now() + limit;
+    let mut marker = Line::Flush(ack);
+    loop {
+        match tx.try_send(marker) {
+            Ok(()) => break,
+            Err(TrySendError::Full(back)) if std::time::Instant::now() < deadline => {
+                marker = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(_) => return,
+        }
+    }
+    let _ = done.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
+}
+
+/// The writer thread: takes every line that has gathered and writes them at once.
+fn write_lines(rx: Receiver<Line>) {
+    let mut stdout = std::io::stdout();
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut acks = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(line) = next.take() {
+            match line {
+                Line::Text(text) => batch.extend_from_slice(text.as_bytes()),
+                Line::Flush(ack) => acks.push(ack),
+            }
+            if batch.len() < WRITE_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        // A closed stdout must not take the server down.
+        let _ = stdout.write_all(&batch);
+        let _ = stdout.flush();
+        batch.clear();
+        for ack in acks.drain(..) {
+            let _ = ack.send(());
+        }
+    }
 }
 
 struct JsonLines;
@@ -118,9 +205,18 @@ impl<S: Subscriber> Layer<S> for JsonLines {
             fields,
             format_time(time::OffsetDateTime::now_utc()),
         );
-        // One write per line so concurrent lines never interleave; a closed stdout
-        // must not take the server down.
-        let _ = std::io::stdout().lock().write_all(text.as_bytes());
+        match SINK.get() {
+            Some(tx) => {
+                if tx.try_send(Line::Text(text)).is_err() {
+                    DROPPED.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            // No writer thread (it could not start): one write per line, so
+            // concurrent lines never interleave.
+            None => {
+                let _ = std::io::stdout().lock().write_all(text.as_bytes());
+            }
+        }
     }
 }
 

@@ -59,6 +59,7 @@ counters!(
     http_broadcast_success_total,
     http_broadcast_failures_total,
     http_broadcast_auth_failures_total,
+    log_lines_dropped_total,
 );
 
 #[derive(Debug, Default)]
@@ -91,6 +92,10 @@ impl Metrics {
     /// The body of one `metrics_flush` line: counter deltas since `previous`
     /// (updated in place) and the gauges' current values.
     pub fn flush_delta(&self, previous: &mut Vec<(&'static str, u64)>) -> serde_json::Value {
+        // The logger is the process's; its count is mirrored here to be reported.
+        self.counters
+            .log_lines_dropped_total
+            .store(super::log::dropped(), Ordering::Relaxed);
         let now = self.counters.read();
         let mut out = serde_json::Map::new();
         for (i, (name, value)) in now.iter().enumerate() {

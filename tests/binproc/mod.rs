@@ -64,7 +64,9 @@ impl Proc {
     /// through `prlimit`, which executes it in place (same pid).
     pub fn spawn_with_nofile(vars: &[(&str, &str)], nofile: u64) -> Proc {
         let mut cmd = Command::new("prlimit");
-        cmd.arg(format!("--nofile={nofile}:{nofile}")).arg("--").arg(BIN);
+        cmd.arg(format!("--nofile={nofile}:{nofile}"))
+            .arg("--")
+            .arg(BIN);
         Proc::spawn_command(cmd, vars)
     }
 
