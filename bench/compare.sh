@@ -30,7 +30,7 @@ start_server() {
   local bin="$1"
   shift
   SCRATCH=$(mktemp -d)
-  (cd "$SCRATCH" && env ALLOW_CLIENT_SEEDED_ROOMS=true PORT=0 ADMIN_PORT=0 LOG_LEVEL=info \
+  (cd "$SCRATCH" && exec env ALLOW_CLIENT_SEEDED_ROOMS=true PORT=0 ADMIN_PORT=0 LOG_LEVEL=info \
       METRICS_FLUSH_INTERVAL_MS=0 "$@" taskset -c 0 "$bin" >"$SCRATCH/log" 2>&1) &
   SERVER_PID=$!
   for _ in $(seq 1 400); do

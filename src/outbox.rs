@@ -124,10 +124,15 @@ impl<T: Weigh> Outbox<T> {
             self.close(close::TRY_AGAIN_LATER);
             return Push::Overflowed;
         }
+        // Only the first item wakes the consumer: it takes everything queued when
+        // it runs, so later pushes before then need no wake-up of their own.
+        let was_empty = state.items.is_empty();
         add(&mut state.items);
         state.bytes += weight;
         drop(state);
-        self.shared.wake.notify_one();
+        if was_empty {
+            self.shared.wake.notify_one();
+        }
         Push::Queued
     }
 

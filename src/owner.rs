@@ -30,6 +30,8 @@ const COMMAND_QUEUE: usize = 1024;
 /// The longest the owner sleeps towards a phase deadline before looking again (a far
 /// deadline is reached in steps; no instant arithmetic can overflow).
 const DEADLINE_STEP: Duration = Duration::from_secs(3600);
+/// Messages an owner handles in one turn after the one that woke it.
+const BURST: usize = 32;
 /// Backoff of a phase timer whose step was refused.
 const TIMER_RETRY_FIRST: Duration = Duration::from_secs(1);
 const TIMER_RETRY_MAX: Duration = Duration::from_secs(30);
@@ -377,7 +379,22 @@ impl Owner {
             };
             // No input may take a room down for good: a panic in the room's rules or
             // here is contained to this room, which is then closed (see `contain`).
-            match std::panic::catch_unwind(AssertUnwindSafe(|| self.step(wake))) {
+            // Messages already waiting are handled in the same turn (up to a bound,
+            // so timers still get their turn), saving a trip through the select.
+            let burst = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                let mut flow = self.step(wake);
+                for _ in 0..BURST {
+                    if flow == Flow::Stop {
+                        break;
+                    }
+                    match rx.try_recv() {
+                        Ok(msg) => flow = self.step(Wake::Msg(msg)),
+                        Err(_) => break,
+                    }
+                }
+                flow
+            }));
+            match burst {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Stop) => break,
                 Err(panic) => {

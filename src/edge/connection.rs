@@ -12,6 +12,7 @@ use crate::outbox::{Outbox, Weigh};
 use bytes::{Buf, Bytes, BytesMut};
 use std::io::{self, IoSlice};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 
 /// Bytes read per `read` call.
@@ -67,17 +68,21 @@ impl FrameReader {
 
     /// The next frame or message. Cancel-safe: bytes are only ever consumed inside
     /// one poll, together with the parse that uses them.
-    pub async fn next(&mut self, stream: &TcpStream) -> Result<Incoming, ReadError> {
+    pub async fn next<R: AsyncRead + Unpin>(
+        &mut self,
+        stream: &mut R,
+    ) -> Result<Incoming, ReadError> {
         loop {
             if let Some(incoming) = self.parse().map_err(ReadError::Violation)? {
                 return Ok(incoming);
             }
-            stream.readable().await.map_err(ReadError::Io)?;
             self.buf.reserve(READ_CHUNK);
-            match stream.try_read_buf(&mut self.buf) {
+            // Through `AsyncRead`: tokio drops the socket's readiness after a short
+            // read, so the next read waits for data instead of costing a `recv`
+            // that finds none.
+            match stream.read_buf(&mut self.buf).await {
                 Ok(0) => return Err(ReadError::Eof),
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(ReadError::Io(e)),
             }
         }
@@ -218,6 +223,12 @@ pub async fn write_loop(
 ) {
     let mut batch = Vec::new();
     while !out.is_closing() && out.take(&mut batch).await {
+        // Corking: wait for the runtime to run what is ready now (other sockets'
+        // messages, their rooms' publications) before writing, so frames published
+        // meanwhile leave in this same writev. A yielded task runs again after the
+        // next I/O poll; under no load that costs microseconds.
+        tokio::task::yield_now().await;
+        out.take_now(&mut batch);
         let weight: usize = batch.iter().map(Weigh::weight).sum();
         let result = {
             let write = write_frames(stream, &batch, stall);
@@ -276,18 +287,12 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 /// Reads and discards whatever the client still sends until it closes its side or
 /// `limit` passes, so that closing the socket does not turn unread input into a
 /// reset that destroys the frames we sent last.
-pub async fn drain(stream: &TcpStream, limit: Duration) {
+pub async fn drain<R: AsyncRead + Unpin>(stream: &mut R, limit: Duration) {
     let discard = async {
         let mut sink = vec![0u8; READ_CHUNK];
-        loop {
-            if stream.readable().await.is_err() {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
                 return;
-            }
-            match stream.try_read(&mut sink) {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
             }
         }
     };
@@ -365,7 +370,7 @@ mod tests {
 
     #[tokio::test]
     async fn fragmented_text_is_assembled_and_control_frames_interleave() {
-        let (mut client, server) = pair().await;
+        let (mut client, mut server) = pair().await;
         let mut bytes = masked(false, opcode::TEXT, b"hel");
         bytes.extend(masked(true, opcode::PING, b"p"));
         bytes.extend(masked(false, opcode::CONTINUATION, b""));
@@ -375,7 +380,7 @@ mod tests {
         let mut reader = FrameReader::new(1024, Bytes::new());
         let mut got = Vec::new();
         for _ in 0..5 {
-            got.push(reader.next(&server).await.expect("frame"));
+            got.push(reader.next(&mut server).await.expect("frame"));
         }
         assert_eq!(
             got,
@@ -388,7 +393,10 @@ mod tests {
             ]
         );
         drop(client);
-        assert!(matches!(reader.next(&server).await, Err(ReadError::Eof)));
+        assert!(matches!(
+            reader.next(&mut server).await,
+            Err(ReadError::Eof)
+        ));
     }
 
     #[tokio::test]
@@ -413,11 +421,11 @@ mod tests {
                 1009,
             ),
         ] {
-            let (mut client, server) = pair().await;
+            let (mut client, mut server) = pair().await;
             client.write_all(&bytes).await.expect("write");
             let mut reader = FrameReader::new(150, Bytes::new());
             let code_seen = loop {
-                match reader.next(&server).await {
+                match reader.next(&mut server).await {
                     Ok(Incoming::Fragment) => continue,
                     Ok(other) => panic!("accepted {other:?}"),
                     Err(ReadError::Violation(v)) => break v.close_code(),
@@ -430,11 +438,11 @@ mod tests {
 
     #[tokio::test]
     async fn bytes_read_before_the_upgrade_are_parsed_first() {
-        let (_client, server) = pair().await;
+        let (_client, mut server) = pair().await;
         let initial = Bytes::from(masked(true, opcode::TEXT, b"{}"));
         let mut reader = FrameReader::new(1024, initial);
         assert_eq!(
-            reader.next(&server).await.expect("frame"),
+            reader.next(&mut server).await.expect("frame"),
             Incoming::Text("{}".into())
         );
     }

@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
+use tokio::net::tcp::ReadHalf;
 
 /// How long a closing socket gets to take its last frames, and to answer our Close.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -46,7 +47,7 @@ struct Joined {
 /// right after its upgrade request; `slot` holds the connection's place under the
 /// connection caps until the socket is gone.
 pub async fn run(
-    stream: TcpStream,
+    mut stream: TcpStream,
     initial: Bytes,
     peer: IpAddr,
     app: Arc<App>,
@@ -74,9 +75,10 @@ pub async fn run(
         out: out.clone(),
         app,
     };
+    let (mut read_half, write_half) = stream.split();
     tokio::join!(
-        reader.run(&stream, frames),
-        connection::write_loop(&stream, &out, stall, CLOSE_TIMEOUT)
+        reader.run(&mut read_half, frames),
+        connection::write_loop(write_half.as_ref(), &out, stall, CLOSE_TIMEOUT)
     );
     metrics.connections_live.fetch_sub(1, Ordering::Relaxed);
     drop(slot);
@@ -102,7 +104,7 @@ enum Ended {
 }
 
 impl Reader {
-    async fn run(mut self, stream: &TcpStream, mut frames: FrameReader) {
+    async fn run(mut self, stream: &mut ReadHalf<'_>, mut frames: FrameReader) {
         let ended = self.read(stream, &mut frames).await;
         if let Some(joined) = self.joined.take() {
             joined.room.detach(self.conn).await;
@@ -126,15 +128,24 @@ impl Reader {
         }
     }
 
-    async fn read(&mut self, stream: &TcpStream, frames: &mut FrameReader) -> Ended {
+    async fn read(&mut self, stream: &mut ReadHalf<'_>, frames: &mut FrameReader) -> Ended {
         let timeout = self.app.config.heartbeat_timeout;
         let join_timeout = self.app.config.join_timeout;
         let mut join_by = Some(tokio::time::Instant::now() + join_timeout);
+        // The futures waited on for every frame are made once: registering a fresh
+        // timer and two cancellation waiters per frame was a measurable share of the
+        // hot path. The idle timer is re-armed only when it fires early.
+        let (out, shutdown) = (self.out.clone(), self.app.shutdown.clone());
+        let closed = out.closed();
+        let stopping = shutdown.cancelled();
+        let idle = tokio::time::sleep(timeout);
+        tokio::pin!(closed, stopping, idle);
+        let mut last_frame = tokio::time::Instant::now();
         loop {
             let next = tokio::select! {
                 biased;
-                _ = self.out.closed() => return Ended::ServerClosing,
-                _ = self.app.shutdown.cancelled() => {
+                _ = &mut closed => return Ended::ServerClosing,
+                _ = &mut stopping => {
                     self.out.close(close::RESTART);
                     return Ended::ServerClosing;
                 }
@@ -143,10 +154,18 @@ impl Reader {
                     self.out.close_with_reason(close::POLICY, "no join_room in time");
                     return Ended::ServerClosing;
                 }
-                next = tokio::time::timeout(timeout, frames.next(stream)) => next,
+                _ = &mut idle => {
+                    if last_frame.elapsed() < timeout {
+                        idle.as_mut().reset(last_frame + timeout);
+                        continue;
+                    }
+                    Err(())
+                }
+                next = frames.next(stream) => Ok(next),
             };
+            last_frame = tokio::time::Instant::now();
             let incoming = match next {
-                Err(_) => {
+                Err(()) => {
                     Metrics::inc(&self.app.metrics.counters.heartbeat_timeouts_total);
                     tracing::info!(
                         roomCode = self.room_code(),
