@@ -113,8 +113,9 @@ pub enum RoomMsg {
         conn: ConnId,
     },
     Command {
-        /// What to do, as plain data (see `Command`).
-        command: Command,
+        /// What to do, as plain data (see `Command`). Boxed: an action is the largest
+        /// message by far, and every room's channel allocates its slots up front.
+        command: Box<Command>,
         /// Callers outside a socket (admin, tests) get the outcome here; a socket's
         /// errors go to its own outbox.
         reply: Option<oneshot::Sender<Result<Applied, Rejection>>>,
@@ -186,7 +187,7 @@ impl RoomHandle {
     pub async fn send_from_socket(&self, origin: Origin, action: Action) -> Result<(), Rejection> {
         self.tx
             .send(RoomMsg::Command {
-                command: Command { origin, action },
+                command: Box::new(Command { origin, action }),
                 reply: None,
             })
             .await
@@ -198,7 +199,7 @@ impl RoomHandle {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(RoomMsg::Command {
-                command: Command { origin, action },
+                command: Box::new(Command { origin, action }),
                 reply: Some(reply),
             })
             .await
@@ -505,7 +506,8 @@ impl Owner {
             }
             RoomMsg::Detach { conn } => self.detach(conn),
             RoomMsg::Command { command, reply } => {
-                self.command(command.origin, command.action, reply)
+                let Command { origin, action } = *command;
+                self.command(origin, action, reply)
             }
             RoomMsg::Info { reply } => {
                 let _ = reply.send(RoomInfo {

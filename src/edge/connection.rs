@@ -14,6 +14,7 @@ use std::io::{self, IoSlice};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::ReadHalf;
 
 /// Bytes read per `read` call.
 const READ_CHUNK: usize = 4096;
@@ -68,15 +69,17 @@ impl FrameReader {
 
     /// The next frame or message. Cancel-safe: bytes are only ever consumed inside
     /// one poll, together with the parse that uses them.
-    pub async fn next<R: AsyncRead + Unpin>(
-        &mut self,
-        stream: &mut R,
-    ) -> Result<Incoming, ReadError> {
+    pub async fn next(&mut self, stream: &mut ReadHalf<'_>) -> Result<Incoming, ReadError> {
         loop {
             if let Some(incoming) = self.parse().map_err(ReadError::Violation)? {
                 return Ok(incoming);
             }
-            self.buf.reserve(READ_CHUNK);
+            if self.buf.capacity() == self.buf.len() {
+                // Nothing pending: wait for data before taking a buffer for it, so an
+                // idle socket holds none.
+                stream.as_ref().readable().await.map_err(ReadError::Io)?;
+                self.buf.reserve(READ_CHUNK);
+            }
             // Through `AsyncRead`: tokio drops the socket's readiness after a short
             // read, so the next read waits for data instead of costing a `recv`
             // that finds none.
@@ -231,7 +234,7 @@ pub async fn write_loop(
         out.take_now(&mut batch);
         let weight: usize = batch.iter().map(Weigh::weight).sum();
         let result = {
-            let write = write_frames(stream, &batch, stall);
+            let write = Box::pin(write_frames(stream, &batch, stall));
             tokio::pin!(write);
             // Once the socket is closing, the write in flight gets `close_timeout` to
             // finish (a socket closed for not reading could otherwise hold it until
@@ -274,7 +277,9 @@ pub async fn write_loop(
         // has answered with its own Close then closes its side, ending our read.
         socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write)
     };
-    let _ = tokio::time::timeout(close_timeout, goodbye).await;
+    // Boxed, as the write in flight above: a socket's task stays as small as its
+    // idle state while it lives.
+    let _ = tokio::time::timeout(close_timeout, Box::pin(goodbye)).await;
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -380,7 +385,7 @@ mod tests {
         let mut reader = FrameReader::new(1024, Bytes::new());
         let mut got = Vec::new();
         for _ in 0..5 {
-            got.push(reader.next(&mut server).await.expect("frame"));
+            got.push(reader.next(&mut server.split().0).await.expect("frame"));
         }
         assert_eq!(
             got,
@@ -394,7 +399,7 @@ mod tests {
         );
         drop(client);
         assert!(matches!(
-            reader.next(&mut server).await,
+            reader.next(&mut server.split().0).await,
             Err(ReadError::Eof)
         ));
     }
@@ -425,7 +430,7 @@ mod tests {
             client.write_all(&bytes).await.expect("write");
             let mut reader = FrameReader::new(150, Bytes::new());
             let code_seen = loop {
-                match reader.next(&mut server).await {
+                match reader.next(&mut server.split().0).await {
                     Ok(Incoming::Fragment) => continue,
                     Ok(other) => panic!("accepted {other:?}"),
                     Err(ReadError::Violation(v)) => break v.close_code(),
@@ -437,12 +442,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_idle_reader_holds_no_buffer() {
+        let (mut client, mut server) = pair().await;
+        client
+            .write_all(&masked(true, opcode::TEXT, b"{}"))
+            .await
+            .expect("write");
+        let mut reader = FrameReader::new(1024, Bytes::new());
+        assert_eq!(
+            reader.next(&mut server.split().0).await.expect("frame"),
+            Incoming::Text("{}".into())
+        );
+        assert_eq!(reader.buf.capacity(), 0, "the buffer went with the frame");
+        // Waiting for the next frame takes no buffer either.
+        let waiting = tokio::time::timeout(
+            Duration::from_millis(50),
+            reader.next(&mut server.split().0),
+        )
+        .await;
+        assert!(waiting.is_err(), "nothing was sent");
+        assert_eq!(reader.buf.capacity(), 0);
+    }
+
+    #[tokio::test]
     async fn bytes_read_before_the_upgrade_are_parsed_first() {
         let (_client, mut server) = pair().await;
         let initial = Bytes::from(masked(true, opcode::TEXT, b"{}"));
         let mut reader = FrameReader::new(1024, initial);
         assert_eq!(
-            reader.next(&mut server).await.expect("frame"),
+            reader.next(&mut server.split().0).await.expect("frame"),
             Incoming::Text("{}".into())
         );
     }

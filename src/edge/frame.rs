@@ -126,6 +126,11 @@ impl Frame {
                 r#"{"type":"error","code":"internal_error","message":"encoding failed"}"#,
             );
         }
+        // Frames can live long (the resume history, the cached hello_ack): give back
+        // what the doubling growth over-allocated.
+        if buf.capacity() > buf.len() + buf.len() / 4 + 64 {
+            buf.shrink_to_fit();
+        }
         let len = buf.len() - MAX_HEADER;
         let mut header = [0u8; MAX_HEADER];
         let n = write_header(&mut header, opcode::TEXT, len);

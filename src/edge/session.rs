@@ -122,9 +122,9 @@ impl Reader {
                         }
                     }
                 };
-                let _ = tokio::time::timeout(limit, until_close).await;
+                let _ = tokio::time::timeout(limit, Box::pin(until_close)).await;
             }
-            Ended::Violated => connection::drain(stream, limit).await,
+            Ended::Violated => Box::pin(connection::drain(stream, limit)).await,
         }
     }
 
@@ -210,7 +210,10 @@ impl Reader {
                 Incoming::Text(text) => {
                     Metrics::inc(&self.app.metrics.counters.ws_messages_total);
                     match self.charge() {
-                        Verdict::Allow => self.on_text(&text).await,
+                        // Boxed: a message's handling (a join's round trip to the
+                        // room, above all) is a large state; inline, every idle
+                        // socket's task would carry its size.
+                        Verdict::Allow => Box::pin(self.on_text(&text)).await,
                         Verdict::Refuse => {}
                         Verdict::Close => return Ended::ServerClosing,
                     }
@@ -419,7 +422,7 @@ impl Reader {
                                 "too many rooms created from this address; try again in a minute",
                             ));
                         }
-                        let seed: RoomSnapshot = serde_json::from_value(seed).map_err(|e| {
+                        let seed: RoomSnapshot = serde_json::from_str(seed.get()).map_err(|e| {
                             Rejection::new(
                                 ErrorCode::InvalidPayload,
                                 format!("initialSnapshot is not a room snapshot: {e}"),
@@ -467,5 +470,35 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every idle socket carries its task's whole state: a message's handling and the
+    /// closing handshake are boxed so the idle state stays small (docs/benchmarks.md
+    /// has the memory per idle socket this is part of).
+    #[tokio::test]
+    async fn an_idle_sockets_task_stays_small() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (_client, server) =
+            tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let server = server.expect("accept").0;
+        let handle = crate::server::start(crate::config::Config::for_tests(
+            "size-test-secret-0123456789",
+        ))
+        .await
+        .expect("server");
+        let limits = crate::edge::admission::ConnectionLimits::new(10, 10);
+        let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+        let slot = limits.admit(ip).expect("a place");
+        let task = super::run(server, bytes::Bytes::new(), ip, handle.app.clone(), slot);
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 2048, "a socket's task is {size} bytes");
+        drop(task);
+        handle.shutdown().await;
     }
 }

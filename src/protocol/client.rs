@@ -39,6 +39,23 @@ pub enum ClientMessage {
     SubmitBigIdea(BigIdea),
 }
 
+/// A JSON value kept as its text, checked only for being well-formed JSON.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson(Box<serde_json::value::RawValue>);
+
+impl RawJson {
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &RawJson) -> bool {
+        self.get() == other.get()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JoinRoom {
@@ -46,10 +63,11 @@ pub struct JoinRoom {
     pub player_id: String,
     #[serde(default)]
     pub player_token: Option<String>,
-    /// Only a hint: kept as raw JSON and decoded only if it seeds a new room, so a
-    /// malformed copy never blocks joining a room that exists.
+    /// Only a hint: kept as the raw JSON text (not even parsed into a tree: the
+    /// existing client sends it with every join) and decoded only if it seeds a new
+    /// room, so a malformed copy never blocks joining a room that exists.
     #[serde(default)]
-    pub initial_snapshot: Option<serde_json::Value>,
+    pub initial_snapshot: Option<RawJson>,
     #[serde(default)]
     pub last_version: Option<u64>,
 }
