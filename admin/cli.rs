@@ -3,102 +3,226 @@
 //! Every call of the RoomAdmin service, plus a local token check. Output is one JSON
 //! object per line on stdout; errors go to stderr with the gRPC status code.
 
+use clap::builder::PossibleValuesParser;
+use clap::{CommandFactory, Parser, Subcommand};
 use karaoke_realtime::admin::convert;
 use karaoke_realtime::admin::pb::{self, room_admin_client::RoomAdminClient};
 use karaoke_realtime::auth::{TokenKeys, now_secs};
 use karaoke_realtime::protocol::{CreationPhase, GameStatus};
 use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
-const USAGE: &str = "usage: karaoke-admin [--addr URL] [--token TOKEN] [--ca FILE] COMMAND
-  --addr   admin plane address (env KARAOKE_ADMIN_ADDR; default http://127.0.0.1:50051)
-  --token  admin bearer token (env ADMIN_TOKEN)
-  --ca     CA certificate (PEM) when the admin plane uses TLS (https:// address)
-  --cert, --key  client certificate and key (PEM) when the admin plane requires one
-commands:
-  create-room [--code CODE] [--host ID:NAME] [--phase-duration SECONDS] [--auto-advance]
-  list-rooms [--page-size N] [--page-token CODE]
-  get-room CODE
-  add-player CODE ID NAME [--emoji E] [--seat N] [--host] [--ready]
-  remove-player CODE ID
-  mint-token CODE PLAYER [--ttl SECONDS]
-  check-token TOKEN                 (verifies locally with REALTIME_SHARED_SECRET)
-  force-phase CODE STATUS [PHASE] [--start RFC3339]
-  update-settings CODE [--product-category X] [--phase-duration S] [--brief-style X]
-                       [--wacky-brief-style X] [--auto-advance true|false]
-  publish-brief CODE BRIEF_ID
-  publish-content CODE ADLOB_ID PHASE PLAYER_ID
-  close-room CODE [--reason TEXT]
-  watch CODE                        (prints events until the room closes)
-statuses: lobby briefing creating presenting voting results
-phases:   big_idea visual headline pitch";
+const AFTER_HELP: &str = "Output is one JSON object per line on stdout; errors go to stderr \
+with the gRPC status code. Exit codes: 0 success, 1 a failed call or an invalid token, \
+2 a usage error. A flag given wins over its environment variable.";
 
-/// Positional words and `--flag [value]` options of one command line.
-struct Args {
-    words: Vec<String>,
-    flags: Vec<(String, Option<String>)>,
+/// `karaoke-admin [OPTIONS] COMMAND`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "karaoke-admin",
+    version,
+    about = "Operator CLI for the realtime server's gRPC admin plane",
+    after_help = AFTER_HELP,
+    propagate_version = true,
+    subcommand_required = true,
+    arg_required_else_help = true
+)]
+struct Cli {
+    #[command(flatten)]
+    conn: Conn,
+    #[command(subcommand)]
+    command: Cmd,
 }
 
-/// Flags that take no value.
-const SWITCHES: &[&str] = &["--host", "--ready", "--auto-advance"];
-
-/// Whether `flag` takes no value in `command` (the first word, if already seen):
-/// `add-player`'s `--host` is a switch, `create-room`'s takes `ID:NAME`.
-fn is_switch(command: Option<&str>, flag: &str) -> bool {
-    match flag {
-        "--host" => command != Some("create-room"),
-        _ => SWITCHES.contains(&flag),
-    }
+/// How to reach the admin plane; given before or after the command.
+#[derive(Debug, clap::Args)]
+struct Conn {
+    /// Admin plane address: http:// for plaintext, https:// for TLS
+    #[arg(
+        long,
+        global = true,
+        env = "KARAOKE_ADMIN_ADDR",
+        value_name = "URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    addr: String,
+    /// Admin bearer token, sent as `authorization: Bearer …`
+    #[arg(
+        long,
+        global = true,
+        env = "ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    token: Option<String>,
+    /// CA certificate (PEM) when the admin plane uses TLS (https:// address)
+    #[arg(long, global = true, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM) when the admin plane requires one (with --key and --ca)
+    #[arg(long, global = true, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// Client private key (PEM) for --cert
+    #[arg(long, global = true, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
 }
 
-impl Args {
-    fn parse(raw: Vec<String>) -> Result<Args, String> {
-        let mut words: Vec<String> = Vec::new();
-        let mut flags = Vec::new();
-        let mut it = raw.into_iter().peekable();
-        while let Some(word) = it.next() {
-            if !word.starts_with("--") {
-                words.push(word);
-                continue;
-            }
-            let takes_value = !is_switch(words.first().map(String::as_str), &word)
-                || (word == "--auto-advance"
-                    && it.peek().is_some_and(|v| v == "true" || v == "false"));
-            let value = if takes_value {
-                Some(it.next().ok_or_else(|| format!("{word} needs a value"))?)
-            } else {
-                None
-            };
-            flags.push((word, value));
-        }
-        Ok(Args { words, flags })
-    }
+const STATUSES: [&str; 6] = [
+    "lobby",
+    "briefing",
+    "creating",
+    "presenting",
+    "voting",
+    "results",
+];
+const PHASES: [&str; 4] = ["big_idea", "visual", "headline", "pitch"];
 
-    fn flag(&self, name: &str) -> Option<&str> {
-        self.flags
-            .iter()
-            .find(|(f, _)| f == name)
-            .and_then(|(_, v)| v.as_deref())
-    }
-
-    fn switch(&self, name: &str) -> bool {
-        self.flags.iter().any(|(f, _)| f == name)
-    }
-
-    fn word(&self, i: usize, what: &str) -> Result<String, String> {
-        self.words
-            .get(i)
-            .cloned()
-            .ok_or_else(|| format!("missing {what}"))
-    }
-
-    fn number<T: std::str::FromStr>(&self, name: &str) -> Result<Option<T>, String> {
-        self.flag(name)
-            .map(|v| v.parse().map_err(|_| format!("{name}: not a number: {v}")))
-            .transpose()
-    }
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// CreateRoom: a new room, optionally with its host
+    CreateRoom {
+        /// Room code; empty: the server generates one
+        #[arg(long, value_name = "CODE")]
+        code: Option<String>,
+        /// The host player, as ID:NAME
+        #[arg(long, value_name = "ID:NAME")]
+        host: Option<String>,
+        /// Seconds per phase
+        #[arg(long, value_name = "SECONDS")]
+        phase_duration: Option<u32>,
+        /// Advance phases when their time is up
+        #[arg(long)]
+        auto_advance: bool,
+    },
+    /// ListRooms: one page of live rooms
+    ListRooms {
+        /// Rooms per page (0: the server's default)
+        #[arg(long, value_name = "N")]
+        page_size: Option<u32>,
+        /// The nextPageToken of the previous page
+        #[arg(long, value_name = "CODE")]
+        page_token: Option<String>,
+    },
+    /// GetRoom: one room's state
+    GetRoom {
+        /// Room code
+        code: String,
+    },
+    /// UpsertPlayer: add or replace a player (flags not given are false/0/empty)
+    AddPlayer {
+        /// Room code
+        code: String,
+        /// Player id
+        id: String,
+        /// Display name
+        name: String,
+        #[arg(long, value_name = "E")]
+        emoji: Option<String>,
+        /// Seat index (the server checks its range)
+        #[arg(long, value_name = "N", allow_negative_numbers = true)]
+        seat: Option<i32>,
+        /// Make the player the host
+        #[arg(long)]
+        host: bool,
+        /// Mark the player ready
+        #[arg(long)]
+        ready: bool,
+    },
+    /// RemovePlayer
+    RemovePlayer {
+        /// Room code
+        code: String,
+        /// Player id
+        id: String,
+    },
+    /// MintPlayerToken: a join token for one player
+    MintToken {
+        /// Room code
+        code: String,
+        /// Player id
+        player: String,
+        /// Lifetime in seconds (0 or none: the server's default)
+        #[arg(long, value_name = "SECONDS")]
+        ttl: Option<u32>,
+    },
+    /// Verify a token locally with REALTIME_SHARED_SECRET (no server call)
+    CheckToken {
+        /// The token
+        token: String,
+        /// The secret tokens are signed with
+        #[arg(
+            long,
+            env = "REALTIME_SHARED_SECRET",
+            hide_env_values = true,
+            value_name = "SECRET"
+        )]
+        secret: Option<String>,
+        /// The server's longest token lifetime, in seconds [default: 86400]
+        #[arg(long, env = "ADMIN_TOKEN_MAX_TTL_SECONDS", value_name = "SECONDS")]
+        max_ttl: Option<String>,
+    },
+    /// ForcePhase: move a room to a status (and creation phase)
+    ForcePhase {
+        /// Room code
+        code: String,
+        #[arg(value_parser = PossibleValuesParser::new(STATUSES))]
+        status: String,
+        #[arg(value_parser = PossibleValuesParser::new(PHASES))]
+        phase: Option<String>,
+        /// Phase start time (RFC 3339); none: now
+        #[arg(long, value_name = "RFC3339")]
+        start: Option<String>,
+    },
+    /// UpdateSettings: change only the settings given
+    UpdateSettings {
+        /// Room code
+        code: String,
+        #[arg(long, value_name = "X")]
+        product_category: Option<String>,
+        #[arg(long, value_name = "SECONDS")]
+        phase_duration: Option<u32>,
+        #[arg(long, value_name = "X")]
+        brief_style: Option<String>,
+        #[arg(long, value_name = "X")]
+        wacky_brief_style: Option<String>,
+        /// true or false (alone: true)
+        #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+        auto_advance: Option<bool>,
+    },
+    /// PublishEvent briefUpdated
+    PublishBrief {
+        /// Room code
+        code: String,
+        brief_id: String,
+    },
+    /// PublishEvent contentSubmitted
+    PublishContent {
+        /// Room code
+        code: String,
+        adlob_id: String,
+        #[arg(value_parser = PossibleValuesParser::new(PHASES))]
+        phase: String,
+        player_id: String,
+    },
+    /// CloseRoom
+    CloseRoom {
+        /// Room code
+        code: String,
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// WatchRoom: print each event until the room closes
+    Watch {
+        /// Room code
+        code: String,
+    },
+    /// Print a shell completion script to stdout
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 // Names are the players' wire names ("lobby", "big_idea"); the mapping to the proto's
@@ -182,11 +306,14 @@ impl From<tonic::Status> for Failure {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let raw: Vec<String> = std::env::args().skip(1).collect();
-    match run(raw).await {
+    // Usage errors exit 2 naming the argument; --help and --version exit 0.
+    let cli = Cli::parse();
+    match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(message)) => {
-            eprintln!("{message}\n\n{USAGE}");
+            let _ = Cli::command()
+                .error(clap::error::ErrorKind::ValueValidation, message)
+                .print();
             ExitCode::from(2)
         }
         Err(Failure::Call(status)) => {
@@ -196,34 +323,30 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn connect(args: &Args) -> Result<RoomAdminClient<Channel>, Failure> {
-    let addr = args
-        .flag("--addr")
-        .map(str::to_string)
-        .or_else(|| std::env::var("KARAOKE_ADMIN_ADDR").ok())
-        .unwrap_or_else(|| "http://127.0.0.1:50051".to_string());
+async fn connect(conn: &Conn) -> Result<RoomAdminClient<Channel>, Failure> {
+    let addr = conn.addr.clone();
     let mut endpoint =
         Channel::from_shared(addr.clone()).map_err(|e| Failure::Usage(format!("--addr: {e}")))?;
-    if let Some(ca) = args.flag("--ca") {
-        let read = |flag: &str, path: &str| {
-            std::fs::read(path).map_err(|e| Failure::Usage(format!("{flag} {path}: {e}")))
+    if let Some(ca) = &conn.ca {
+        let read = |flag: &str, path: &Path| {
+            std::fs::read(path)
+                .map_err(|e| Failure::Usage(format!("{flag} {}: {e}", path.display())))
         };
         let mut tls =
             ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("--ca", ca)?));
-        // A client certificate, for an admin plane that requires one (mTLS).
-        match (args.flag("--cert"), args.flag("--key")) {
-            (Some(cert), Some(key)) => {
-                tls = tls.identity(Identity::from_pem(
-                    read("--cert", cert)?,
-                    read("--key", key)?,
-                ));
-            }
-            (None, None) => {}
-            _ => return Err(Failure::Usage("--cert and --key go together".into())),
+        // A client certificate, for an admin plane that requires one (mTLS); clap
+        // makes --cert and --key go together.
+        if let (Some(cert), Some(key)) = (&conn.cert, &conn.key) {
+            tls = tls.identity(Identity::from_pem(
+                read("--cert", cert)?,
+                read("--key", key)?,
+            ));
         }
         endpoint = endpoint
             .tls_config(tls)
             .map_err(|e| Failure::Usage(format!("--ca: {e}")))?;
+    } else if conn.cert.is_some() {
+        return Err(Failure::Usage("--cert and --key need --ca".into()));
     }
     let channel = endpoint
         .connect()
@@ -232,49 +355,63 @@ async fn connect(args: &Args) -> Result<RoomAdminClient<Channel>, Failure> {
     Ok(RoomAdminClient::new(channel))
 }
 
-async fn run(raw: Vec<String>) -> Result<(), Failure> {
-    let args = Args::parse(raw)?;
-    let command = args.word(0, "command")?;
-    if command == "help" || args.switch("--help") {
-        println!("{USAGE}");
-        return Ok(());
+/// `check-token`: verifies locally, as a server with this secret and cap would.
+fn check_token(
+    token: &str,
+    secret: Option<String>,
+    max_ttl: Option<String>,
+) -> Result<(), Failure> {
+    let secret = secret
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| "check-token needs REALTIME_SHARED_SECRET (or --secret)".to_string())?;
+    // The server's lifetime cap, as the server reads it (default 24 h).
+    let max_lifetime = match max_ttl.filter(|v| !v.trim().is_empty()) {
+        None => karaoke_realtime::auth::DEFAULT_MAX_LIFETIME_SECS,
+        Some(v) => v.trim().parse().map_err(|_| {
+            format!("--max-ttl (ADMIN_TOKEN_MAX_TTL_SECONDS): expected seconds, got {v:?}")
+        })?,
+    };
+    let keys = TokenKeys::new(secret.as_bytes(), max_lifetime);
+    let out = match keys.verify(token, now_secs()) {
+        Ok(c) => {
+            json!({"valid": true, "roomCode": c.room_code, "playerId": c.player_id, "exp": c.exp})
+        }
+        Err(e) => json!({"valid": false, "error": e.to_string()}),
+    };
+    println!("{out}");
+    if out["valid"] == true {
+        Ok(())
+    } else {
+        Err(Failure::Call(tonic::Status::unauthenticated(
+            "token is not valid",
+        )))
     }
-    if command == "check-token" {
-        let token = args.word(1, "TOKEN")?;
-        let secret = std::env::var("REALTIME_SHARED_SECRET")
-            .map_err(|_| "check-token needs REALTIME_SHARED_SECRET".to_string())?;
-        // The server's lifetime cap, as the server reads it (default 24 h).
-        let max_lifetime = match std::env::var("ADMIN_TOKEN_MAX_TTL_SECONDS") {
-            Err(_) => karaoke_realtime::auth::DEFAULT_MAX_LIFETIME_SECS,
-            Ok(v) => v
-                .trim()
-                .parse()
-                .map_err(|_| format!("ADMIN_TOKEN_MAX_TTL_SECONDS: expected seconds, got {v:?}"))?,
-        };
-        let keys = TokenKeys::new(secret.as_bytes(), max_lifetime);
-        let out = match keys.verify(&token, now_secs()) {
-            Ok(c) => {
-                json!({"valid": true, "roomCode": c.room_code, "playerId": c.player_id, "exp": c.exp})
-            }
-            Err(e) => json!({"valid": false, "error": e.to_string()}),
-        };
-        println!("{out}");
-        return if out["valid"] == true {
-            Ok(())
-        } else {
-            Err(Failure::Call(tonic::Status::unauthenticated(
-                "token is not valid",
-            )))
-        };
-    }
-    let token = args
-        .flag("--token")
-        .map(str::to_string)
-        .or_else(|| std::env::var("ADMIN_TOKEN").ok());
-    let mut client = connect(&args).await?;
-    let out = match command.as_str() {
-        "create-room" => {
-            let host = match args.flag("--host") {
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let command = match cli.command {
+        Cmd::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "karaoke-admin", &mut std::io::stdout());
+            return Ok(());
+        }
+        Cmd::CheckToken {
+            token,
+            secret,
+            max_ttl,
+        } => return check_token(&token, secret, max_ttl),
+        command => command,
+    };
+    let token = cli.conn.token.clone().filter(|t| !t.is_empty());
+    let mut client = connect(&cli.conn).await?;
+    let out = match command {
+        Cmd::CreateRoom {
+            code,
+            host,
+            phase_duration,
+            auto_advance,
+        } => {
+            let host = match host {
                 Some(spec) => {
                     let (id, name) = spec
                         .split_once(':')
@@ -289,12 +426,12 @@ async fn run(raw: Vec<String>) -> Result<(), Failure> {
                 None => None,
             };
             let settings = pb::Settings {
-                phase_duration_seconds: args.number("--phase-duration")?,
-                auto_advance: args.switch("--auto-advance").then_some(true),
+                phase_duration_seconds: phase_duration,
+                auto_advance: auto_advance.then_some(true),
                 ..Default::default()
             };
             let req = pb::CreateRoomRequest {
-                code: args.flag("--code").unwrap_or_default().to_string(),
+                code: code.unwrap_or_default(),
                 host,
                 settings: Some(settings),
             };
@@ -305,10 +442,13 @@ async fn run(raw: Vec<String>) -> Result<(), Failure> {
                 .room;
             room.as_ref().map(room_json).unwrap_or(Value::Null)
         }
-        "list-rooms" => {
+        Cmd::ListRooms {
+            page_size,
+            page_token,
+        } => {
             let req = pb::ListRoomsRequest {
-                page_size: args.number("--page-size")?.unwrap_or(0),
-                page_token: args.flag("--page-token").unwrap_or_default().to_string(),
+                page_size: page_size.unwrap_or(0),
+                page_token: page_token.unwrap_or_default(),
             };
             let res = client.list_rooms(request(req, &token)?).await?.into_inner();
             let rooms: Vec<Value> = res
@@ -322,10 +462,8 @@ async fn run(raw: Vec<String>) -> Result<(), Failure> {
                 .collect();
             json!({"rooms": rooms, "nextPageToken": res.next_page_token})
         }
-        "get-room" => {
-            let req = pb::GetRoomRequest {
-                room_code: args.word(1, "CODE")?,
-            };
+        Cmd::GetRoom { code } => {
+            let req = pb::GetRoomRequest { room_code: code };
             let room = client
                 .get_room(request(req, &token)?)
                 .await?
@@ -333,16 +471,24 @@ async fn run(raw: Vec<String>) -> Result<(), Failure> {
                 .room;
             room.as_ref().map(room_json).unwrap_or(Value::Null)
         }
-        "add-player" => {
+        Cmd::AddPlayer {
+            code,
+            id,
+            name,
+            emoji,
+            seat,
+            host,
+            ready,
+        } => {
             let req = pb::UpsertPlayerRequest {
-                room_code: args.word(1, "CODE")?,
+                room_code: code,
                 player: Some(pb::Player {
-                    id: args.word(2, "ID")?,
-                    name: args.word(3, "NAME")?,
-                    emoji: args.flag("--emoji").unwrap_or_default().to_string(),
-                    seat_index: args.number("--seat")?.unwrap_or(0),
-                    is_host: args.switch("--host"),
-                    is_ready: args.switch("--ready"),
+                    id,
+                    name,
+                    emoji: emoji.unwrap_or_default(),
+                    seat_index: seat.unwrap_or(0),
+                    is_host: host,
+                    is_ready: ready,
                     connected: false,
                 }),
             };
@@ -352,10 +498,10 @@ async fn run(raw: Vec<String>) -> Result<(), Failure> {
                 .into_inner();
             json!({"version": res.version})
         }
-        "remove-player" => {
+        Cmd::RemovePlayer { code, id } => {
             let req = pb::RemovePlayerRequest {
-                room_code: args.word(1, "CODE")?,
-                player_id: args.word(2, "ID")?,
+                room_code: code,
+                player_id: id,
             };
             let res = client
                 .remove_player(request(req, &token)?)
@@ -363,11 +509,11 @@ async fn run(raw: Vec<String>) -> Result<(), Failure> {
                 .into_inner();
             json!({"version": res.version})
         }
-        "mint-token" => {
+        Cmd::MintToken { code, player, ttl } => {
             let req = pb::MintPlayerTokenRequest {
-                room_code: args.word(1, "CODE")?,
-                player_id: args.word(2, "PLAYER")?,
-                ttl_seconds: args.number("--ttl")?.unwrap_or(0),
+                room_code: code,
+                player_id: player,
+                ttl_seconds: ttl.unwrap_or(0),
             };
             let res = client
                 .mint_player_token(request(req, &token)?)
@@ -375,15 +521,20 @@ async fn run(raw: Vec<String>) -> Result<(), Failure> {
                 .into_inner();
             json!({"token": res.token, "expiresAt": res.expires_at})
         }
-        "force-phase" => {
+        Cmd::ForcePhase {
+            code,
+            status,
+            phase,
+            start,
+        } => {
             let req = pb::ForcePhaseRequest {
-                room_code: args.word(1, "CODE")?,
-                status: status_of(&args.word(2, "STATUS")?)?,
-                current_phase: match args.words.get(3) {
-                    Some(p) => phase_of(p)?,
+                room_code: code,
+                status: status_of(&status)?,
+                current_phase: match phase {
+                    Some(p) => phase_of(&p)?,
                     None => 0,
                 },
-                phase_start_time: args.flag("--start").unwrap_or_default().to_string(),
+                phase_start_time: start.unwrap_or_default(),
             };
             let res = client
                 .force_phase(request(req, &token)?)
@@ -391,19 +542,21 @@ async fn run(raw: Vec<String>) -> Result<(), Failure> {
                 .into_inner();
             json!({"version": res.version})
         }
-        "update-settings" => {
-            let auto_advance = match args.flag("--auto-advance") {
-                None if args.switch("--auto-advance") => Some(true),
-                None => None,
-                Some(v) => Some(v == "true"),
-            };
+        Cmd::UpdateSettings {
+            code,
+            product_category,
+            phase_duration,
+            brief_style,
+            wacky_brief_style,
+            auto_advance,
+        } => {
             let req = pb::UpdateSettingsRequest {
-                room_code: args.word(1, "CODE")?,
+                room_code: code,
                 settings: Some(pb::Settings {
-                    product_category: args.flag("--product-category").map(str::to_string),
-                    phase_duration_seconds: args.number("--phase-duration")?,
-                    brief_style: args.flag("--brief-style").map(str::to_string),
-                    wacky_brief_style: args.flag("--wacky-brief-style").map(str::to_string),
+                    product_category,
+                    phase_duration_seconds: phase_duration,
+                    brief_style,
+                    wacky_brief_style,
                     auto_advance,
                 }),
             };
@@ -413,40 +566,38 @@ async fn run(raw: Vec<String>) -> Result<(), Failure> {
                 .into_inner();
             json!({"version": res.version})
         }
-        "publish-brief" | "publish-content" => {
-            let event = if command == "publish-brief" {
-                pb::publish_event_request::Event::BriefUpdated(pb::BriefUpdated {
-                    brief_id: args.word(2, "BRIEF_ID")?,
-                })
-            } else {
-                pb::publish_event_request::Event::ContentSubmitted(pb::ContentSubmitted {
-                    adlob_id: args.word(2, "ADLOB_ID")?,
-                    phase: phase_of(&args.word(3, "PHASE")?)?,
-                    player_id: args.word(4, "PLAYER_ID")?,
-                })
-            };
-            let req = pb::PublishEventRequest {
-                room_code: args.word(1, "CODE")?,
-                event: Some(event),
-            };
-            let res = client
-                .publish_event(request(req, &token)?)
-                .await?
-                .into_inner();
-            json!({"version": res.version})
+        Cmd::PublishBrief { code, brief_id } => {
+            publish(
+                &mut client,
+                &token,
+                code,
+                pb::publish_event_request::Event::BriefUpdated(pb::BriefUpdated { brief_id }),
+            )
+            .await?
         }
-        "close-room" => {
+        Cmd::PublishContent {
+            code,
+            adlob_id,
+            phase,
+            player_id,
+        } => {
+            let event = pb::publish_event_request::Event::ContentSubmitted(pb::ContentSubmitted {
+                adlob_id,
+                phase: phase_of(&phase)?,
+                player_id,
+            });
+            publish(&mut client, &token, code, event).await?
+        }
+        Cmd::CloseRoom { code, reason } => {
             let req = pb::CloseRoomRequest {
-                room_code: args.word(1, "CODE")?,
-                reason: args.flag("--reason").unwrap_or_default().to_string(),
+                room_code: code,
+                reason: reason.unwrap_or_default(),
             };
             let res = client.close_room(request(req, &token)?).await?.into_inner();
             json!({"finalVersion": res.final_version})
         }
-        "watch" => {
-            let req = pb::WatchRoomRequest {
-                room_code: args.word(1, "CODE")?,
-            };
+        Cmd::Watch { code } => {
+            let req = pb::WatchRoomRequest { room_code: code };
             let mut stream = client.watch_room(request(req, &token)?).await?.into_inner();
             while let Some(event) = stream.message().await? {
                 // The event is the exact frame players received.
@@ -454,29 +605,71 @@ async fn run(raw: Vec<String>) -> Result<(), Failure> {
             }
             return Ok(());
         }
-        other => return Err(Failure::Usage(format!("unknown command {other}"))),
+        Cmd::Completions { .. } | Cmd::CheckToken { .. } => return Ok(()),
     };
     println!("{out}");
     Ok(())
 }
 
+async fn publish(
+    client: &mut RoomAdminClient<Channel>,
+    token: &Option<String>,
+    code: String,
+    event: pb::publish_event_request::Event,
+) -> Result<Value, Failure> {
+    let req = pb::PublishEventRequest {
+        room_code: code,
+        event: Some(event),
+    };
+    let res = client
+        .publish_event(request(req, token)?)
+        .await?
+        .into_inner();
+    Ok(json!({"version": res.version}))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Args;
+    use super::{Cli, Cmd};
+    use clap::{CommandFactory, Parser};
 
-    fn parse(line: &str) -> Args {
-        Args::parse(line.split(' ').map(str::to_string).collect()).expect("parses")
+    fn parse(line: &str) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("karaoke-admin").chain(line.split(' ')))
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
     }
 
     #[test]
     fn host_takes_a_value_only_in_create_room() {
-        let args = parse("create-room --host h1:Hana --code ABC");
-        assert_eq!(args.flag("--host"), Some("h1:Hana"));
-        assert_eq!(args.flag("--code"), Some("ABC"));
-        assert_eq!(args.words, ["create-room"]);
-        let args = parse("add-player ABC p2 Pia --host --seat 1");
-        assert!(args.switch("--host"));
-        assert_eq!(args.flag("--seat"), Some("1"));
-        assert_eq!(args.words, ["add-player", "ABC", "p2", "Pia"]);
+        let cli = parse("create-room --host h1:Hana --code ABC").expect("parses");
+        assert!(matches!(
+            cli.command,
+            Cmd::CreateRoom { host: Some(ref h), code: Some(ref c), .. } if h == "h1:Hana" && c == "ABC"
+        ));
+        let cli = parse("add-player ABC p2 Pia --host --seat 1").expect("parses");
+        assert!(matches!(
+            cli.command,
+            Cmd::AddPlayer { host: true, seat: Some(1), ref name, .. } if name == "Pia"
+        ));
+    }
+
+    #[test]
+    fn auto_advance_alone_or_with_a_value() {
+        for (line, want) in [
+            ("update-settings ABC --auto-advance", Some(true)),
+            ("update-settings ABC --auto-advance false", Some(false)),
+            ("update-settings ABC", None),
+        ] {
+            let cli = parse(line).expect("parses");
+            assert!(
+                matches!(cli.command, Cmd::UpdateSettings { auto_advance, .. } if auto_advance == want),
+                "{line}"
+            );
+        }
+        let err = parse("force-phase ABC dancing").expect_err("unknown status");
+        assert!(err.to_string().contains("<STATUS>"), "{err}");
     }
 }

@@ -1,7 +1,9 @@
 //! Settings, read once from the environment and validated before anything starts.
 //!
 //! Each bad value produces one line naming the variable; the server never starts
-//! half-configured. docs/configuration.md lists every variable.
+//! half-configured. docs/configuration.md lists every variable. [`SETTINGS`] names
+//! them for the command line, which offers each as a flag (`src/cli.rs`) and hands
+//! the values to the same [`Config::from_lookup`].
 
 use crate::protocol::canvas::ImagePolicy;
 use std::net::{IpAddr, Ipv4Addr};
@@ -123,6 +125,262 @@ impl std::fmt::Debug for Database {
 
 /// The default database: a SQLite file under ./data, so `cargo run` needs nothing.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/karaoke.db";
+
+/// One setting: its environment variable, the command-line flag that mirrors it, and
+/// what it is for. `docs/configuration.md` has the full rules of each.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    pub env: &'static str,
+    /// The long flag without its dashes (`PORT` is `--port`).
+    pub flag: &'static str,
+    pub help: &'static str,
+    /// Its value is never shown, not even by `--help`.
+    pub secret: bool,
+}
+
+const fn setting(env: &'static str, flag: &'static str, help: &'static str) -> Setting {
+    Setting {
+        env,
+        flag,
+        help,
+        secret: false,
+    }
+}
+
+const fn secret(env: &'static str, flag: &'static str, help: &'static str) -> Setting {
+    Setting {
+        env,
+        flag,
+        help,
+        secret: true,
+    }
+}
+
+/// Every variable [`Config::from_lookup`] reads, in the order it reads them (the order
+/// of docs/configuration.md's table). The command line offers each as a flag; a flag
+/// given wins over the variable. A test checks this list against what is read.
+pub const SETTINGS: &[Setting] = &[
+    setting(
+        "BIND_ADDR",
+        "bind-addr",
+        "address the players' port binds to [default: 0.0.0.0]",
+    ),
+    setting(
+        "PORT",
+        "port",
+        "players' HTTP/WebSocket port, also /health and /readyz; 0 picks one [default: 8080]",
+    ),
+    setting(
+        "ADMIN_PORT",
+        "admin-port",
+        "gRPC admin plane port; 0 picks one [default: 50051]",
+    ),
+    secret(
+        "ADMIN_TOKEN",
+        "admin-token",
+        "bearer token the admin plane requires (16 bytes at least); unset: admin plane on loopback only",
+    ),
+    setting(
+        "ADMIN_BIND_ADDR",
+        "admin-bind-addr",
+        "address the admin plane binds to when ADMIN_TOKEN is set [default: 0.0.0.0]",
+    ),
+    setting(
+        "ADMIN_TLS_CERT_FILE",
+        "admin-tls-cert-file",
+        "PEM certificate (chain) for the admin plane's TLS",
+    ),
+    setting(
+        "ADMIN_TLS_KEY_FILE",
+        "admin-tls-key-file",
+        "PEM private key for the admin plane's TLS",
+    ),
+    setting(
+        "ADMIN_TLS_CLIENT_CA_FILE",
+        "admin-tls-client-ca-file",
+        "PEM CA that admin clients' certificates must be signed by (mutual TLS)",
+    ),
+    setting(
+        "ADMIN_TOKEN_MAX_TTL_SECONDS",
+        "admin-token-max-ttl-seconds",
+        "longest lifetime of a join token, minted or accepted [default: 86400]",
+    ),
+    setting(
+        "ADMIN_TOKEN_TTL_SECONDS",
+        "admin-token-ttl-seconds",
+        "lifetime of tokens MintPlayerToken makes when asked for none [default: 14400]",
+    ),
+    setting(
+        "LOG_LEVEL",
+        "log-level",
+        "debug, info, warn or error [default: info]",
+    ),
+    setting(
+        "METRICS_FLUSH_INTERVAL_MS",
+        "metrics-flush-interval-ms",
+        "period of the metrics_flush log line; 0 turns it off [default: 60000]",
+    ),
+    secret(
+        "REALTIME_SHARED_SECRET",
+        "realtime-shared-secret",
+        "HMAC secret for join tokens (16 bytes at least); unset: a random one per process",
+    ),
+    setting(
+        "HEARTBEAT_INTERVAL_MS",
+        "heartbeat-interval-ms",
+        "how often rooms send heartbeat [default: 15000]",
+    ),
+    setting(
+        "HEARTBEAT_TIMEOUT_MS",
+        "heartbeat-timeout-ms",
+        "a socket silent this long is closed [default: 45000]",
+    ),
+    setting(
+        "ALLOW_CLIENT_SEEDED_ROOMS",
+        "allow-client-seeded-rooms",
+        "true: a join's initialSnapshot creates an unknown room [default: false]",
+    ),
+    setting(
+        "MAX_MESSAGE_BYTES",
+        "max-message-bytes",
+        "largest accepted WebSocket message [default: 65536]",
+    ),
+    setting(
+        "RATE_LIMIT_PER_SEC",
+        "rate-limit-per-sec",
+        "sustained messages per second per socket [default: 50]",
+    ),
+    setting(
+        "RATE_LIMIT_BURST",
+        "rate-limit-burst",
+        "messages a socket may send at once [default: 100]",
+    ),
+    setting(
+        "OUTBOUND_QUEUE_LIMIT",
+        "outbound-queue-limit",
+        "frames queued for one socket before it is closed [default: 1024]",
+    ),
+    setting(
+        "ROOM_HISTORY_LIMIT",
+        "room-history-limit",
+        "events each room keeps for resume [default: 512]",
+    ),
+    setting(
+        "MAX_SOCKETS_PER_ROOM",
+        "max-sockets-per-room",
+        "live sockets one room accepts [default: 64]",
+    ),
+    setting(
+        "MAX_SOCKETS_PER_PLAYER",
+        "max-sockets-per-player",
+        "live sockets one player may have in one room [default: 4]",
+    ),
+    setting(
+        "SHUTDOWN_GRACE_MS",
+        "shutdown-grace-ms",
+        "how long shutdown waits for sockets, then again for the writer [default: 10000]",
+    ),
+    secret(
+        "DATABASE_URL",
+        "database-url",
+        "postgres://…, sqlite://… or memory: [default: sqlite://data/karaoke.db]",
+    ),
+    setting(
+        "PERSIST_QUEUE_LIMIT",
+        "persist-queue-limit",
+        "rows that may wait for the database [default: 100000]",
+    ),
+    setting(
+        "PERSIST_BATCH_MAX",
+        "persist-batch-max",
+        "rows written in one round trip at most [default: 500]",
+    ),
+    setting(
+        "PERSIST_FLUSH_INTERVAL_MS",
+        "persist-flush-interval-ms",
+        "how long the writer waits to fill a batch [default: 50]",
+    ),
+    setting(
+        "SNAPSHOT_INTERVAL_MS",
+        "snapshot-interval-ms",
+        "how often a changed room is snapshotted [default: 1000]",
+    ),
+    setting(
+        "PERSIST_QUEUE_BYTES",
+        "persist-queue-bytes",
+        "bytes of rows that may wait for the database [default: 268435456]",
+    ),
+    setting(
+        "PERSIST_BATCH_BYTES",
+        "persist-batch-bytes",
+        "bytes written in one round trip at most [default: 4194304]",
+    ),
+    setting(
+        "PERSIST_STATEMENT_TIMEOUT_MS",
+        "persist-statement-timeout-ms",
+        "longest one database statement may take [default: 10000]",
+    ),
+    setting(
+        "OUTBOUND_QUEUE_BYTES",
+        "outbound-queue-bytes",
+        "bytes queued for one socket before it is closed [default: 8388608]",
+    ),
+    setting(
+        "MAX_CONNECTIONS",
+        "max-connections",
+        "open connections on the players' port [default: 25000]",
+    ),
+    setting(
+        "MAX_CONNECTIONS_PER_IP",
+        "max-connections-per-ip",
+        "open connections from one address [default: 500]",
+    ),
+    setting(
+        "HTTP_HEADER_TIMEOUT_MS",
+        "http-header-timeout-ms",
+        "time for request headers and idle keep-alive [default: 10000]",
+    ),
+    setting(
+        "JOIN_TIMEOUT_MS",
+        "join-timeout-ms",
+        "time an upgraded socket has to join [default: 10000]",
+    ),
+    setting(
+        "MAX_SEEDED_ROOMS",
+        "max-seeded-rooms",
+        "live client-seeded rooms at most [default: 10000]",
+    ),
+    setting(
+        "SEEDED_ROOMS_PER_IP_PER_MINUTE",
+        "seeded-rooms-per-ip-per-minute",
+        "rooms one address may seed per minute [default: 30]",
+    ),
+    setting(
+        "SEEDED_ROOM_IDLE_TTL_MS",
+        "seeded-room-idle-ttl-ms",
+        "an empty client-seeded room is closed after this [default: 1800000]",
+    ),
+    secret(
+        "REALTIME_BROADCAST_SECRET",
+        "realtime-broadcast-secret",
+        "turns on POST /api/broadcast with this shared secret; unset: 404",
+    ),
+    setting(
+        "MAX_WATCHERS",
+        "max-watchers",
+        "open WatchRoom streams at most [default: 256]",
+    ),
+    setting(
+        "MAX_WATCHERS_PER_ROOM",
+        "max-watchers-per-room",
+        "open WatchRoom streams of one room at most [default: 8]",
+    ),
+    setting(
+        "IMAGE_SOURCES",
+        "image-sources",
+        "where canvas images may come from: self, data, https://host[:port] [default: self,data]",
+    ),
+];
 
 /// PEM material for the admin plane's TLS, read at start-up.
 #[derive(Clone)]
@@ -551,6 +809,29 @@ mod tests {
         let errors = load(&[("IMAGE_SOURCES", "self,http://cdn.example")]).expect_err("bad");
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].starts_with("IMAGE_SOURCES: "), "{}", errors[0]);
+    }
+
+    #[test]
+    fn settings_list_every_variable_read_in_order() {
+        use std::cell::RefCell;
+        let read = RefCell::new(Vec::<String>::new());
+        let _ = Config::from_lookup(&|name| {
+            let mut read = read.borrow_mut();
+            if !read.iter().any(|n| n == name) {
+                read.push(name.to_string());
+            }
+            None
+        });
+        let listed: Vec<&str> = SETTINGS.iter().map(|s| s.env).collect();
+        assert_eq!(read.into_inner(), listed);
+        for s in SETTINGS {
+            assert_eq!(
+                s.flag,
+                s.env.to_ascii_lowercase().replace('_', "-"),
+                "{}",
+                s.env
+            );
+        }
     }
 
     #[test]

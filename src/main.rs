@@ -1,20 +1,27 @@
-//! `karaoke-realtime`: reads configuration, starts the server, stops it on a signal.
+//! `karaoke-realtime`: reads the command line and configuration, starts the server,
+//! stops it on a signal. `--help` lists every flag.
 
-use karaoke_realtime::cli::{self, Command};
+use clap::Parser;
+use karaoke_realtime::cli::{self, Cli, Command};
 use karaoke_realtime::config::Config;
 use karaoke_realtime::{server, telemetry};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = match cli::parse(&args) {
-        Ok(command) => command,
-        Err(e) => {
-            eprintln!("{e}\n{}", cli::USAGE);
-            return std::process::ExitCode::from(2);
+    // Usage errors exit 2 naming the argument; --help and --version exit 0.
+    let cli = Cli::parse();
+    let command = cli.requested();
+    match command {
+        Command::Completions { shell } => {
+            cli::completions(shell);
+            return std::process::ExitCode::SUCCESS;
         }
-    };
-    let config = match Config::from_env() {
+        Command::Health { timeout_ms } => {
+            return std::process::ExitCode::from(cli::health(&cli.settings, timeout_ms).await);
+        }
+        _ => {}
+    }
+    let config = match cli.settings.config() {
         Ok(config) => config,
         Err(errors) => {
             for line in errors {

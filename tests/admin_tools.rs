@@ -745,12 +745,12 @@ async fn cli_drives_a_whole_game_that_players_and_a_watcher_see() {
 async fn cli_reports_usage_and_auth_errors() {
     let server = Server::start().await;
 
-    // Bad command lines: exit 2 with the usage, before any call.
+    // Bad command lines: exit 2 with clap's usage line, before any call.
     for args in [&[][..], &["dance"][..], &["get-room"][..]] {
         let out = cli(&server, args).await;
         assert_eq!(out.status.code(), Some(2), "{args:?}:\n{}", show(&out));
         assert!(
-            text(&out.stderr).contains("usage: karaoke-admin"),
+            text(&out.stderr).contains("Usage: karaoke-admin"),
             "{args:?}:\n{}",
             show(&out)
         );
@@ -758,7 +758,7 @@ async fn cli_reports_usage_and_auth_errors() {
     }
     let out = cli(&server, &["dance"]).await;
     assert!(
-        text(&out.stderr).contains("unknown command dance"),
+        text(&out.stderr).contains("unrecognized subcommand 'dance'"),
         "{}",
         show(&out)
     );
