@@ -419,3 +419,18 @@ async fn health_gives_up_on_a_port_that_never_answers() {
     assert!(started.elapsed() < Duration::from_secs(10));
     hold.abort();
 }
+
+#[test]
+fn the_configuration_page_lists_every_flag_with_its_variable() {
+    let page = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md"),
+    )
+    .expect("read docs/configuration.md");
+    for s in karaoke_realtime::config::SETTINGS {
+        let row = format!("| `{}` | `--{}` |", s.env, s.flag);
+        assert!(
+            page.contains(&row),
+            "docs/configuration.md lacks the row {row}"
+        );
+    }
+}
