@@ -97,13 +97,13 @@ class GrpcBackend {
     });
     const { RoomAdmin } = grpc.loadPackageDefinition(definition).karaoke.admin.v1;
     this.client = new RoomAdmin(required('E2E_ADMIN_ADDR'), grpc.credentials.createInsecure());
-    this.token = required('E2E_ADMIN_TOKEN');
+    this.adminToken = required('E2E_ADMIN_TOKEN');
     this.watched = [];
   }
 
   call(method, request) {
     const metadata = new grpc.Metadata();
-    metadata.set('authorization', `Bearer ${this.token}`);
+    metadata.set('authorization', `Bearer ${this.adminToken}`);
     return new Promise((resolve, reject) => {
       this.client[method](request, metadata, { deadline: Date.now() + WAIT_MS }, (err, res) =>
         err ? reject(new Error(`${method}: ${err.message}`)) : resolve(res),
@@ -126,7 +126,7 @@ class GrpcBackend {
   /** Follows the room as the backend may (WatchRoom), to compare at the end. */
   watch(code) {
     const metadata = new grpc.Metadata();
-    metadata.set('authorization', `Bearer ${this.token}`);
+    metadata.set('authorization', `Bearer ${this.adminToken}`);
     this.stream = this.client.WatchRoom({ room_code: code }, metadata);
     this.stream.on('data', (e) => this.watched.push({ type: e.type, version: Number(e.version) }));
     this.stream.on('error', () => {}); // cancelled at the end
@@ -327,6 +327,11 @@ function webApp(backend, game) {
     };
     try {
       const file = STATIC[url.pathname];
+      if (url.pathname === '/favicon.ico') {
+        res.writeHead(204);
+        res.end();
+        return;
+      }
       if (req.method === 'GET' && file) {
         res.writeHead(200, { 'Content-Type': file[1], 'Cache-Control': 'no-store' });
         res.end(fs.readFileSync(path.join(here, 'page', file[0])));

@@ -341,6 +341,14 @@ function render() {
   set('joins', state.joins, 'count');
   set('heartbeats', state.heartbeatsSent, 'count');
   set('version', state.version);
+  $('errors').dataset.count = String(state.errors.length);
+  $('errors').replaceChildren(
+    ...state.errors.map((text) => {
+      const li = document.createElement('li');
+      li.textContent = text;
+      return li;
+    }),
+  );
   const snap = state.snapshot;
   if (!snap) return;
   const self = me();
@@ -421,14 +429,6 @@ function render() {
   set('winner', state.results?.winner ?? '');
   $('tally').textContent = state.results ? JSON.stringify(state.results.tally) : '';
 
-  $('errors').dataset.count = String(state.errors.length);
-  $('errors').replaceChildren(
-    ...state.errors.map((text) => {
-      const li = document.createElement('li');
-      li.textContent = text;
-      return li;
-    }),
-  );
 }
 
 async function main() {
