@@ -204,7 +204,7 @@ async fn whole_game(variant: Variant) {
 
     // Every tab joined once, sent heartbeats, and was shot at the end.
     assert_eq!(result["tabs"], 4, "{result}");
-    for n in ["joins", "heartbeatsSent"] {
+    for n in ["joins", "heartbeatsSent", "heartbeatsReceived"] {
         let per_tab = result[n].as_array().expect("one number per tab");
         assert!(
             per_tab.iter().all(|v| v.as_u64() >= Some(1)),

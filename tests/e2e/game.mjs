@@ -531,9 +531,18 @@ async function main() {
     };
     const everyoneUnready = () => all(tabs, (t) => t.sees('nobody ready', () => !document.querySelector('#players li[data-ready="true"]')));
 
+    /** The host moves the game on, and the move is done (the hook backend pushes the
+     *  move and then every ready reset before its answer). */
+    let advances = 0;
+    const hostAdvance = async (button = '#advance') => {
+      await host.click(button);
+      advances += 1;
+      await host.count('advances', advances);
+    };
+
     await readyAll();
     log('lobby: everyone ready');
-    await host.click('#start');
+    await hostAdvance('#start');
     game.briefId = `brief-${code.toLowerCase()}`;
     await all(tabs, async (t) => {
       await t.value('status', 'briefing');
@@ -543,7 +552,7 @@ async function main() {
     log('briefing: the brief is out');
 
     await readyAll();
-    await host.click('#advance');
+    await hostAdvance();
 
     // The four creation phases; adlobs rotate between players each phase.
     for (const [i, phase] of PHASES.entries()) {
@@ -583,7 +592,7 @@ async function main() {
         await t.value('all-ready', 'true');
       });
       log(`creating/${phase}: every tab submitted and sees all the work`);
-      await host.click('#advance');
+      await hostAdvance();
     }
 
     // Presenting: the host walks through the campaigns.
@@ -595,7 +604,7 @@ async function main() {
       );
     }
     log('presenting: every tab followed the four campaigns');
-    await host.click('#advance');
+    await hostAdvance();
 
     // Voting: everyone votes for the first campaign, except its big idea's author.
     await all(tabs, (t) => t.value('status', 'voting'));
@@ -610,7 +619,7 @@ async function main() {
     }
     await all(tabs, (t) => t.value('all-ready', 'true'));
     log('voting: every tab voted');
-    await host.click('#advance');
+    await hostAdvance();
 
     // Results: the same winner everywhere, no errors, one version.
     await all(tabs, async (t) => {
@@ -618,13 +627,17 @@ async function main() {
       await t.value('winner', favourite);
       await t.count('errors', 0);
     });
-    const versions = await Promise.all(tabs.map((t) => t.read('version')));
-    check(new Set(versions).size === 1, `every tab holds the same version: ${versions}`);
-    const version = Number(versions[0]);
+    // The move to results reset the ready flags; once every tab has that, nothing
+    // else changes, and every tab must reach the same version.
+    await everyoneUnready();
+    const seen = await Promise.all(tabs.map((t) => t.read('version')));
+    const version = Math.max(...seen.map(Number));
+    await all(tabs, (t) => t.value('version', String(version)));
     const backendVersion = await backend.finalVersion(code);
     if (backendVersion !== null) check(backendVersion === version, `GetRoom's version ${backendVersion} = the tabs' ${version}`);
     const heartbeats = await Promise.all(tabs.map((t) => t.page.evaluate(() => window.karaoke.state.heartbeatsSent)));
     const joins = await Promise.all(tabs.map((t) => t.page.evaluate(() => window.karaoke.state.joins)));
+    const received = await Promise.all(tabs.map((t) => t.page.evaluate(() => window.karaoke.state.heartbeatsReceived)));
     log(`results: ${favourite} won in every tab, version ${version}`);
 
     for (const t of tabs) {
@@ -654,6 +667,7 @@ async function main() {
       tabs: tabs.length,
       joins,
       heartbeatsSent: heartbeats,
+      heartbeatsReceived: received,
       saved: game.saved.length,
       votes: Object.fromEntries(game.votes),
       watchedEvents: watched,

@@ -31,6 +31,8 @@ const state = {
   errors: [],
   joins: 0,
   heartbeatsSent: 0,
+  heartbeatsReceived: 0,
+  advances: 0, // the host's advance requests that have completed
   socket: null,
   open: false,
   closedForGood: false,
@@ -207,6 +209,7 @@ function handle(m) {
       state.presentation = { presentIndex: m.presentIndex, showCampaign: m.showCampaign };
       break;
     case 'heartbeat':
+      state.heartbeatsReceived += 1;
       break;
     case 'error':
       error(`${m.code}: ${m.message}`);
@@ -230,6 +233,8 @@ async function advance() {
   } else {
     send({ type: 'advance_phase', roomCode: ROOM, playerId: ME });
   }
+  state.advances += 1;
+  render();
 }
 
 async function submitWork(phase, text) {
@@ -340,6 +345,8 @@ function render() {
   set('conn', state.open ? 'open' : 'closed');
   set('joins', state.joins, 'count');
   set('heartbeats', state.heartbeatsSent, 'count');
+  set('server-heartbeats', state.heartbeatsReceived, 'count');
+  set('advances', state.advances, 'count');
   set('version', state.version);
   $('errors').dataset.count = String(state.errors.length);
   $('errors').replaceChildren(
