@@ -562,6 +562,20 @@ async function main() {
         await t.value('adlob', `${code}-ad-${(t.player.seatIndex + i) % players.length}`);
       });
       await everyoneUnready();
+      if (phase === 'headline') {
+        // A dropped connection mid-game: the tab reconnects by itself, resumes from
+        // the version it held (lastVersion) and everyone sees it back.
+        const t = tabs[2];
+        await t.page.evaluate(() => window.karaoke.dropConnection());
+        await t.count('joins', 2);
+        await t.value('conn', 'open');
+        const recovered = await t.page.evaluate(() => window.karaoke.state.recovered);
+        check(recovered === true, `tab 2 resumed without losing an event (hello_ack.recovered: ${recovered})`);
+        await all(tabs, (o) =>
+          o.sees(`${t.player.id} back online`, (id) => document.querySelector(`#players li[data-id="${id}"]`)?.dataset.connected === 'true', t.player.id),
+        );
+        log(`creating/${phase}: tab 2 dropped its socket, reconnected and resumed`);
+      }
       if (phase === 'big_idea') {
         for (const t of tabs) {
           await t.page.fill('#idea-text', `${t.player.name}'s big idea: karaoke for ${settings.productCategory}`);

@@ -30,6 +30,7 @@ const state = {
   results: null,
   errors: [],
   joins: 0,
+  recovered: null, // hello_ack.recovered of the last join
   heartbeatsSent: 0,
   heartbeatsReceived: 0,
   advances: 0, // the host's advance requests that have completed
@@ -38,8 +39,9 @@ const state = {
   closedForGood: false,
 };
 
-// For the driver: a read-only view, and the frames received (heartbeats counted).
-window.karaoke = { state, frames: [] };
+// For the driver: a read-only view, the frames received, and a way to simulate a
+// dropped connection (the page reconnects and resumes on its own).
+window.karaoke = { state, frames: [], dropConnection: () => state.socket?.close() };
 
 function error(text) {
   state.errors.push(text);
@@ -142,6 +144,7 @@ function handle(m) {
   switch (m.type) {
     case 'hello_ack':
       state.joins += 1;
+      state.recovered = m.recovered;
       state.snapshot = m.snapshot;
       state.version = m.snapshot.version;
       for (const [id, idea] of Object.entries(m.bigIdeas ?? {})) state.ideas[id] = idea;
