@@ -86,9 +86,11 @@ pub async fn start_with(
     Ok(serve(listener, admin_listener, config, store, observers))
 }
 
-/// File descriptors kept free of player connections: the admin plane, the database,
-/// refused connections being answered, stdout.
-const FD_RESERVE: u64 = 256;
+/// File descriptors kept free of player connections: up to 64 refused connections
+/// being answered (`edge::OVERFLOW_ANSWERED`), the database pool (4), the admin
+/// plane's connections, listeners, epoll, stdout. 128 lets a common hard limit of
+/// 20,000 hold 19,800 players.
+const FD_RESERVE: u64 = 128;
 
 /// Raises the soft open-file limit to the hard one, and lowers `MAX_CONNECTIONS` if
 /// the limit cannot hold it: the cap must bite before `accept` runs out of file

@@ -896,7 +896,7 @@ async fn an_endless_timestamp_is_refused() {
 #[tokio::test]
 async fn a_connection_cap_above_the_file_limit_is_lowered_so_health_and_admin_keep_answering() {
     // 300 file descriptors: the cap of 25,000 cannot be held; the server lowers it
-    // to 300 - 256 = 44 and says so, and refuses past it before `accept` runs dry.
+    // to 300 - 128 = 172 and says so, and refuses past it before `accept` runs dry.
     let mut server = binproc::Proc::spawn_with_nofile(
         &[
             ("PORT", "0"),
@@ -911,14 +911,14 @@ async fn a_connection_cap_above_the_file_limit_is_lowered_so_health_and_admin_ke
     let lowered = server
         .find_message("max_connections_lowered_to_fit_the_fd_limit")
         .await;
-    assert_eq!(lowered["used"], 44, "{lowered}");
+    assert_eq!(lowered["used"], 172, "{lowered}");
     let port = server.listening_port().await;
     let admin_port = server.find_message("admin_plane_listening").await["port"]
         .as_u64()
         .expect("admin port");
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let mut open = Vec::new();
-    for _ in 0..44 {
+    for _ in 0..172 {
         open.push(RawWs::connect(addr).await);
     }
     for _ in 0..20 {
