@@ -599,3 +599,70 @@ async fn an_unsupported_protocol_stops_start_up_with_one_line() {
     assert!(lines[0].contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{stderr}");
     assert!(lines[0].contains("http/json"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_ratio_of_zero_records_no_new_trace_but_follows_the_callers() {
+    let (received, port) = receiver().await;
+    let vars = server_env(
+        &format!("http://127.0.0.1:{port}"),
+        &[
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0"),
+        ],
+    );
+    let mut server = spawn(&vars);
+    let ws_port = server.listening_port().await;
+    let mut admin = admin(&mut server).await;
+    // Not traced by the caller: a new trace, never sampled at ratio 0.
+    admin
+        .create_room(pb::CreateRoomRequest {
+            code: "RATIO".into(),
+            host: Some(host()),
+            settings: None,
+        })
+        .await
+        .expect("create");
+    let token = mint(&mut admin, "RATIO", "host").await;
+    let mut player = Client::connect(ws_port, "RATIO", WAIT).await;
+    player.join("RATIO", "host", &token).await;
+    player.set_ready("RATIO", "host", true).await;
+    player.expect("ready_update").await;
+    // The backend's sampled trace is followed all the same.
+    let trace = "6af7651916cd43dd8448eb211c80319c";
+    admin
+        .upsert_player(traced(
+            pb::UpsertPlayerRequest {
+                room_code: "RATIO".into(),
+                player: Some(pb::Player {
+                    id: "p2".into(),
+                    name: "Bo".into(),
+                    seat_index: 1,
+                    ..Default::default()
+                }),
+            },
+            trace,
+            "c7ad6b7169203331",
+        ))
+        .await
+        .expect("upsert");
+    span_where(&received, "the followed broadcast", |s| {
+        hex(&s.trace_id) == trace && s.name == "room.broadcast player_joined"
+    })
+    .await;
+    // Shutdown flushes every span: none of the unsampled ones is among them.
+    server.sigterm().await;
+    assert!(server.wait_exit().await.success());
+    span_where(&received, "server.shutdown", |s| {
+        s.name == "server.shutdown"
+    })
+    .await;
+    let spans = received.spans.lock().expect("spans lock");
+    for s in spans.iter() {
+        assert!(
+            s.name == "server.shutdown" || s.name == "rooms.restore" || hex(&s.trace_id) == trace,
+            "an unsampled trace was recorded: {} {:?}",
+            s.name,
+            s.attributes
+        );
+    }
+}

@@ -884,12 +884,11 @@ impl Writer {
                 Group::Write(items) => {
                     let batch = batch_of(items);
                     // telemetry: the batch joins the traces of the rows it stores.
-                    let span = otel::persist_span(store.backend(), items.len());
+                    let mut traces = batch.events.iter().filter_map(|e| e.trace.as_deref());
+                    let first = traces.next();
+                    let span = otel::persist_span(store.backend(), items.len(), first.is_some());
                     if !span.is_none() {
-                        otel::join_traces(
-                            &span,
-                            batch.events.iter().filter_map(|e| e.trace.as_deref()),
-                        );
+                        otel::join_traces(&span, first.into_iter().chain(traces));
                     }
                     let call = store.write(&batch);
                     let watched = watch(call, rx, queue, shared, *stall_after, items.len());

@@ -187,6 +187,7 @@ pub fn init(config: &OtelConfig) -> Result<(Otel, Option<SdkTracer>), String> {
                 .with_resource(resource.clone())
                 .build();
             tracer = Some(provider.tracer("karaoke-realtime"));
+            ROOT_RATIO.store(root_ratio(config.sampler).to_bits(), Ordering::Relaxed);
             ENABLED.store(true, Ordering::Relaxed);
             Some(provider)
         }
@@ -255,17 +256,41 @@ fn metadata(config: &OtelConfig) -> Result<tonic::metadata::MetadataMap, String>
     Ok(map)
 }
 
+/// The SDK's sampler for `s`. Roots are decided before their span exists
+/// (`sample_root`, at the ratio `root_ratio` gives), so a root reaching the SDK is
+/// already chosen: the SDK keeps it, and follows the parent's decision for the rest.
 fn sampler(s: OtelSampler) -> Sampler {
     match s {
-        OtelSampler::AlwaysOn => Sampler::AlwaysOn,
         OtelSampler::AlwaysOff => Sampler::AlwaysOff,
-        OtelSampler::TraceIdRatio(r) => Sampler::TraceIdRatioBased(r),
-        OtelSampler::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
-        OtelSampler::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
-        OtelSampler::ParentBasedTraceIdRatio(r) => {
-            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r)))
+        OtelSampler::AlwaysOn | OtelSampler::TraceIdRatio(_) => Sampler::AlwaysOn,
+        OtelSampler::ParentBasedAlwaysOn | OtelSampler::ParentBasedTraceIdRatio(_) => {
+            Sampler::ParentBased(Box::new(Sampler::AlwaysOn))
         }
+        OtelSampler::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
     }
+}
+
+/// The share of new traces (spans without a parent) that are recorded.
+fn root_ratio(s: OtelSampler) -> f64 {
+    match s {
+        OtelSampler::AlwaysOn | OtelSampler::ParentBasedAlwaysOn => 1.0,
+        OtelSampler::AlwaysOff | OtelSampler::ParentBasedAlwaysOff => 0.0,
+        OtelSampler::TraceIdRatio(r) | OtelSampler::ParentBasedTraceIdRatio(r) => r,
+    }
+}
+
+/// `f64` bits of `root_ratio`; 0 until `init`.
+static ROOT_RATIO: AtomicU64 = AtomicU64::new(0);
+
+/// Whether a new trace is recorded, decided before any span exists: a message that
+/// is not sampled costs no span at all (at 1% sampling, 99 of 100 messages pay one
+/// random number), instead of a span built and then dropped by the SDK.
+fn sample_root() -> bool {
+    let ratio = f64::from_bits(ROOT_RATIO.load(Ordering::Relaxed));
+    if ratio >= 1.0 {
+        return true;
+    }
+    ratio > 0.0 && rand::random::<f64>() < ratio
 }
 
 fn histograms(meter: &opentelemetry::metrics::Meter) -> Histograms {
@@ -602,6 +627,9 @@ pub fn command_span(
     if !enabled() {
         return tracing::Span::none();
     }
+    if cause.is_none() && !sample_root() {
+        return tracing::Span::none();
+    }
     let kind = action_kind(action);
     let (name, player) = match origin {
         crate::observe::Origin::Socket { player_id, .. } => ("ws.message", player_id.as_str()),
@@ -644,7 +672,8 @@ pub fn record_outcome(result: &Result<crate::room::Applied, crate::protocol::Rej
 
 /// The fan-out of one event to a room's sockets and watchers.
 pub fn broadcast_span(room_code: &str, kind: &str, version: u64, sockets: usize) -> tracing::Span {
-    if !enabled() {
+    // Only inside a recorded command: a broadcast is never a trace of its own.
+    if !enabled() || tracing::Span::current().is_none() {
         return tracing::Span::none();
     }
     tracing::info_span!(
@@ -660,7 +689,7 @@ pub fn broadcast_span(room_code: &str, kind: &str, version: u64, sockets: usize)
 
 /// A socket's join: filled in with `record_join` once its outcome is known.
 pub fn join_span(room_code: &str, player_id: &str, token_form: &str) -> tracing::Span {
-    if !enabled() {
+    if !enabled() || !sample_root() {
         return tracing::Span::none();
     }
     tracing::info_span!(
@@ -707,9 +736,10 @@ pub fn record_join(span: &tracing::Span, refused: Option<&str>) {
 }
 
 /// One persistence round trip: a child of the first stored row's trace, linked to
-/// the other rows' (`join_traces`).
-pub fn persist_span(backend: &str, rows: usize) -> tracing::Span {
-    if !enabled() {
+/// the other rows' (`join_traces`); `traced` says whether any row has a trace,
+/// otherwise the batch is a new trace, sampled like any.
+pub fn persist_span(backend: &str, rows: usize, traced: bool) -> tracing::Span {
+    if !enabled() || (!traced && !sample_root()) {
         return tracing::Span::none();
     }
     tracing::info_span!(
@@ -767,24 +797,32 @@ pub fn shutdown_span() -> tracing::Span {
 }
 
 /// `SetReady` → `set_ready`: the action's name, as the event log spells kinds.
+/// Reads only the variant's name from its `Debug` output: formatting stops at the
+/// first character after it, so a large action (canvas operations) costs nothing.
 fn action_kind(action: &crate::room::Action) -> String {
-    let debug = format!("{action:?}");
-    let name = debug
-        .split(|c: char| !c.is_ascii_alphanumeric())
-        .next()
-        .unwrap_or("");
-    let mut out = String::with_capacity(name.len() + 4);
-    for (i, c) in name.chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 {
-                out.push('_');
+    use std::fmt::Write as _;
+    struct Name(String);
+    impl std::fmt::Write for Name {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            for c in s.chars() {
+                if !c.is_ascii_alphanumeric() {
+                    return Err(std::fmt::Error);
+                }
+                if c.is_ascii_uppercase() {
+                    if !self.0.is_empty() {
+                        self.0.push('_');
+                    }
+                    self.0.push(c.to_ascii_lowercase());
+                } else {
+                    self.0.push(c);
+                }
             }
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
+            Ok(())
         }
     }
-    out
+    let mut name = Name(String::with_capacity(24));
+    let _ = write!(name, "{action:?}");
+    name.0
 }
 
 // ---- trace context ------------------------------------------------------------------
@@ -850,6 +888,11 @@ pub fn admin_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span 
         .trim_start_matches('/')
         .split_once('/')
         .unwrap_or(("", path));
+    let parent = TraceContextPropagator::new().extract(&Headers(request.headers()));
+    let continued = parent.span().span_context().is_valid();
+    if !continued && !sample_root() {
+        return tracing::Span::none();
+    }
     let span = tracing::info_span!(
         target: TARGET,
         "admin_call",
@@ -859,8 +902,7 @@ pub fn admin_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span 
         rpc.service = %service,
         rpc.method = %method,
     );
-    let parent = TraceContextPropagator::new().extract(&Headers(request.headers()));
-    if parent.span().span_context().is_valid() {
+    if continued {
         let _ = span.set_parent(parent);
     }
     span
@@ -877,6 +919,9 @@ mod tests {
             sampler(OtelSampler::ParentBasedTraceIdRatio(0.01)),
             Sampler::ParentBased(_)
         ));
+        assert_eq!(root_ratio(OtelSampler::ParentBasedTraceIdRatio(0.01)), 0.01);
+        assert_eq!(root_ratio(OtelSampler::ParentBasedAlwaysOff), 0.0);
+        assert_eq!(root_ratio(OtelSampler::TraceIdRatio(0.5)), 0.5);
     }
 
     #[test]
