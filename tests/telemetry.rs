@@ -666,3 +666,19 @@ async fn a_ratio_of_zero_records_no_new_trace_but_follows_the_callers() {
         );
     }
 }
+
+#[test]
+fn without_an_endpoint_no_span_is_ever_built() {
+    use karaoke_realtime::telemetry::{log, otel};
+    log::init(karaoke_realtime::config::LogLevel::Debug);
+    // Even at debug level, the export target is off: a declared span is disabled at
+    // its callsite, and the helpers on the message path build nothing.
+    assert!(!tracing::enabled!(target: otel::TARGET, tracing::Level::ERROR));
+    assert!(tracing::info_span!(target: otel::TARGET, "declared").is_disabled());
+    assert!(!otel::enabled());
+    assert!(otel::join_span("ROOM", "p", "jwt").is_disabled());
+    assert!(otel::broadcast_span("ROOM", "ready_update", 1, 8).is_disabled());
+    assert!(otel::persist_span("sqlite", 1, true).is_disabled());
+    assert!(otel::cause().is_none());
+    assert!(otel::current_link().is_none());
+}

@@ -887,7 +887,7 @@ impl Writer {
                     let mut traces = batch.events.iter().filter_map(|e| e.trace.as_deref());
                     let first = traces.next();
                     let span = otel::persist_span(store.backend(), items.len(), first.is_some());
-                    if !span.is_none() {
+                    if !span.is_disabled() {
                         otel::join_traces(&span, first.into_iter().chain(traces));
                     }
                     let call = store.write(&batch);

@@ -60,7 +60,16 @@ pub fn init_with(level: LogLevel, tracer: Option<opentelemetry_sdk::trace::SdkTr
             },
         );
     let with_ids = tracer.is_some();
-    let otel = tracer.map(|t| tracing_opentelemetry::layer().with_tracer(t));
+    // No source location, thread, target or busy/idle timings on every span: the
+    // spans carry what operators need, and each of these costs on the message path.
+    let otel = tracer.map(|t| {
+        tracing_opentelemetry::layer()
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
+            .with_tracer(t)
+    });
     // A global filter, not a per-layer one: with a per-layer filter, a dependency's
     // `tracing::enabled!` that answers false (sqlx asks before every query) left the
     // filter's per-thread state set, and the next event on that thread was dropped

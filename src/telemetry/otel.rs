@@ -56,14 +56,21 @@ pub fn enabled() -> bool {
 /// Export health, process-wide (the exporter threads are).
 #[derive(Default)]
 struct Health {
-    /// An outage is on: its first line is logged, the next success logs recovery.
-    failing: AtomicBool,
-    /// Set by the span queue when it dropped a span; the exporter thread logs it
+    /// What is failing now, one bit per cause (`TRACES`, `METRICS`, `QUEUE`): an
+    /// outage starts when the first bit is set (one line) and ends when the last is
+    /// cleared (one line), so a signal that keeps failing while the other works does
+    /// not log at every export.
+    failing: std::sync::atomic::AtomicU8,
+    /// Set by the span queue when it dropped a span; the exporter thread reports it
     /// (logging inside a span's end would re-enter the subscriber and be lost).
     overflowed: AtomicBool,
     spans_dropped: AtomicU64,
     export_failures: AtomicU64,
 }
+
+const TRACES: u8 = 1;
+const METRICS: u8 = 2;
+const QUEUE: u8 = 4;
 
 static HEALTH: OnceLock<Health> = OnceLock::new();
 
@@ -86,16 +93,25 @@ pub fn export_failures() -> u64 {
 }
 
 impl Health {
-    fn failed(&self, signal: &'static str, error: &str, lost: usize) {
+    fn failed(&self, cause: u8, error: &str, lost: usize) {
         self.export_failures.fetch_add(1, Ordering::Relaxed);
         self.spans_dropped.fetch_add(lost as u64, Ordering::Relaxed);
-        if !self.failing.swap(true, Ordering::AcqRel) {
+        if self.failing.fetch_or(cause, Ordering::AcqRel) == 0 {
+            let signal = if cause == TRACES { "traces" } else { "metrics" };
             tracing::warn!(signal, error = %error, "otel_export_failed");
         }
     }
 
-    fn succeeded(&self) {
-        if self.failing.swap(false, Ordering::AcqRel) {
+    /// An export of `cause`'s signal succeeded (a trace export also ends a queue
+    /// overflow: the queue drains again).
+    fn succeeded(&self, cause: u8) {
+        let clear = if cause == TRACES {
+            TRACES | QUEUE
+        } else {
+            cause
+        };
+        let before = self.failing.fetch_and(!clear, Ordering::AcqRel);
+        if before != 0 && before & !clear == 0 {
             tracing::info!(
                 spansDropped = self.spans_dropped.load(Ordering::Relaxed),
                 exportFailures = self.export_failures.load(Ordering::Relaxed),
@@ -107,7 +123,7 @@ impl Health {
     /// Called by the exporter thread: a queue overflow is an outage of its own.
     fn check_overflow(&self) {
         if self.overflowed.swap(false, Ordering::AcqRel)
-            && !self.failing.swap(true, Ordering::AcqRel)
+            && self.failing.fetch_or(QUEUE, Ordering::AcqRel) == 0
         {
             tracing::warn!(
                 spansDropped = self.spans_dropped.load(Ordering::Relaxed),
@@ -574,9 +590,9 @@ impl<E: SpanExporter> Exporting<E> {
         // The timer is the runtime's: build it inside `block_on`'s context.
         let call = async { tokio::time::timeout(self.timeout, self.exporter.export(spans)).await };
         match self.runtime.block_on(call) {
-            Ok(Ok(())) => health().succeeded(),
-            Ok(Err(e)) => health().failed("traces", &e.to_string(), lost),
-            Err(_) => health().failed("traces", "timed out", lost),
+            Ok(Ok(())) => health().succeeded(TRACES),
+            Ok(Err(e)) => health().failed(TRACES, &e.to_string(), lost),
+            Err(_) => health().failed(TRACES, "timed out", lost),
         }
     }
 }
@@ -591,8 +607,8 @@ impl<E: PushMetricExporter> PushMetricExporter for WatchedMetrics<E> {
     ) -> OTelSdkResult {
         let result = self.0.export(metrics).await;
         match &result {
-            Ok(()) => health().succeeded(),
-            Err(e) => health().failed("metrics", &e.to_string(), 0),
+            Ok(()) => health().succeeded(METRICS),
+            Err(e) => health().failed(METRICS, &e.to_string(), 0),
         }
         result
     }
@@ -673,7 +689,7 @@ pub fn record_outcome(result: &Result<crate::room::Applied, crate::protocol::Rej
 /// The fan-out of one event to a room's sockets and watchers.
 pub fn broadcast_span(room_code: &str, kind: &str, version: u64, sockets: usize) -> tracing::Span {
     // Only inside a recorded command: a broadcast is never a trace of its own.
-    if !enabled() || tracing::Span::current().is_none() {
+    if !enabled() || tracing::Span::current().is_disabled() {
         return tracing::Span::none();
     }
     tracing::info_span!(
@@ -721,7 +737,7 @@ pub fn token_form(token: Option<&str>) -> &'static str {
 
 /// A join's outcome: `None` joined, `Some(code)` refused with that error code.
 pub fn record_join(span: &tracing::Span, refused: Option<&str>) {
-    if span.is_none() {
+    if span.is_disabled() {
         return;
     }
     match refused {
@@ -758,7 +774,7 @@ pub fn persist_span(backend: &str, rows: usize, traced: bool) -> tracing::Span {
 
 /// A persistence round trip's outcome.
 pub fn record_persist(span: &tracing::Span, outcome: &str, error: Option<&str>) {
-    if span.is_none() {
+    if span.is_disabled() {
         return;
     }
     span.record("karaoke.outcome", outcome);
@@ -834,7 +850,7 @@ pub fn cause() -> Option<Box<tracing::Span>> {
         return None;
     }
     let span = tracing::Span::current();
-    (!span.is_none()).then(|| Box::new(span))
+    (!span.is_disabled()).then(|| Box::new(span))
 }
 
 /// The current span's context if it is sampled: stored with a row so that the
@@ -940,6 +956,21 @@ mod tests {
             action_kind(&crate::room::Action::SetReady { is_ready: true }),
             "set_ready"
         );
+    }
+
+    #[test]
+    fn an_outage_starts_once_and_ends_when_every_signal_works_again() {
+        let h = Health::default();
+        h.failed(TRACES, "down", 3);
+        h.failed(METRICS, "down", 0);
+        assert_eq!(h.failing.load(Ordering::Relaxed), TRACES | METRICS);
+        // Traces work again, metrics still fail: the outage goes on.
+        h.succeeded(TRACES);
+        assert_eq!(h.failing.load(Ordering::Relaxed), METRICS);
+        h.succeeded(METRICS);
+        assert_eq!(h.failing.load(Ordering::Relaxed), 0);
+        assert_eq!(h.spans_dropped.load(Ordering::Relaxed), 3);
+        assert_eq!(h.export_failures.load(Ordering::Relaxed), 2);
     }
 
     #[test]
