@@ -66,7 +66,8 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(admin)
+        // telemetry: each call's gRPC status on its span.
+        .add_service(crate::telemetry::otel::RecordStatus(admin))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             stop.cancelled_owned(),

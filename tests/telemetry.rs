@@ -356,6 +356,7 @@ async fn a_game_is_traced_and_measured_through_otlp() {
     assert_eq!(attr_str(&call, "rpc.system"), "grpc");
     assert_eq!(attr_str(&call, "rpc.service"), "karaoke.admin.v1.RoomAdmin");
     assert_eq!(attr_str(&call, "rpc.method"), "UpsertPlayer");
+    assert_eq!(attr_str(&call, "rpc.grpc.status_code"), "0");
     let command = span_where(&received, "room.command upsert_player", |s| {
         in_trace(upsert_trace)(s) && s.name == "room.command upsert_player"
     })
@@ -401,6 +402,27 @@ async fn a_game_is_traced_and_measured_through_otlp() {
     })
     .await;
     assert_eq!(hex(&create.parent_span_id), backend_span);
+    // A refused call says why.
+    let refused = admin
+        .force_phase(traced(
+            pb::ForcePhaseRequest {
+                room_code: "NO-SUCH-ROOM".into(),
+                status: pb::GameStatus::Lobby as i32,
+                ..Default::default()
+            },
+            create_trace,
+            backend_span,
+        ))
+        .await
+        .expect_err("no such room");
+    let forced = span_where(&received, "for the refused ForcePhase", |s| {
+        s.name == "karaoke.admin.v1.RoomAdmin/ForcePhase"
+    })
+    .await;
+    assert_eq!(
+        attr_str(&forced, "rpc.grpc.status_code"),
+        (refused.code() as i32).to_string()
+    );
 
     // The player's join and message: attributes, outcome, version.
     let join = span_where(&received, "ws.join", |s| s.name == "ws.join").await;

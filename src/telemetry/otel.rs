@@ -917,11 +917,69 @@ pub fn admin_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span 
         rpc.system = "grpc",
         rpc.service = %service,
         rpc.method = %method,
+        rpc.grpc.status_code = tracing::field::Empty,
     );
     if continued {
         let _ = span.set_parent(parent);
     }
     span
+}
+
+/// Wraps the admin service: records each call's gRPC status on its span
+/// (`rpc.grpc.status_code`; the span is an error for the codes the semantic
+/// conventions call server errors). A refused call answers in its headers; a
+/// successful one only in its trailers, after the body, so a 200 without
+/// `grpc-status` in the headers counts as OK.
+#[derive(Clone)]
+pub struct RecordStatus<S>(pub S);
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for RecordStatus<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B, R> tonic::codegen::Service<tonic::codegen::http::Request<B>> for RecordStatus<S>
+where
+    S: tonic::codegen::Service<
+            tonic::codegen::http::Request<B>,
+            Response = tonic::codegen::http::Response<R>,
+        >,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = tonic::codegen::BoxFuture<S::Response, S::Error>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<B>) -> Self::Future {
+        let call = self.0.call(request);
+        Box::pin(async move {
+            let response = call.await;
+            if enabled()
+                && let Ok(response) = &response
+            {
+                let code = response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .unwrap_or(if response.status().is_success() { 0 } else { 2 });
+                let span = tracing::Span::current();
+                span.record("rpc.grpc.status_code", code);
+                // UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE,
+                // DATA_LOSS: the server failed, not the caller.
+                if matches!(code, 2 | 4 | 12 | 13 | 14 | 15) {
+                    span.record("otel.status_code", "error");
+                }
+            }
+            response
+        })
+    }
 }
 
 #[cfg(test)]
