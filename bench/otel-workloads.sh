@@ -8,10 +8,10 @@
 #   ratio      OTLP to a live receiver, OTEL_TRACES_SAMPLER=parentbased_traceidratio,
 #              OTEL_TRACES_SAMPLER_ARG=$RATIO (default 0.01, the documented setting)
 #   always-on  OTLP to the live receiver, OTEL_TRACES_SAMPLER=always_on
-#   dead       OTLP to a port nobody listens on (every export fails)
+#   dead       as ratio, but to a port nobody listens on (every export fails)
 #
 #   cargo build --release --bins --example otlp-sink
-#   bench/otel-workloads.sh > otel.jsonl
+#   bench/otel-workloads.sh > otel.jsonl      # RUNS, RATIO, DURATION, SETTINGS, WORKLOADS
 #   bench/summarize.py < otel.jsonl
 #
 # The server runs on core 0; karaoke-bench and the receiver (examples/otlp-sink, a
@@ -23,6 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${RUNS:-3}"
 RATIO="${RATIO:-0.01}"
+DURATION="${DURATION:-10}"
 TARGET="${CARGO_TARGET_DIR:-target}/release"
 BIN="${BIN:-$TARGET/karaoke-realtime}"
 BENCH="${BENCH:-$TARGET/karaoke-bench}"
@@ -79,7 +80,8 @@ otel_env() {
     unset) ;;
     ratio) echo "${live[@]}" OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG="$RATIO" ;;
     always-on) echo "${live[@]}" OTEL_TRACES_SAMPLER=always_on ;;
-    dead) echo OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$DEAD_PORT" OTEL_METRIC_EXPORT_INTERVAL=5000 ;;
+    dead) echo OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$DEAD_PORT" OTEL_METRIC_EXPORT_INTERVAL=5000 \
+        OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG="$RATIO" ;;
     *) echo "unknown setting $1" >&2; exit 2 ;;
   esac
 }
@@ -96,11 +98,11 @@ for run in $(seq 1 "$RUNS"); do
       case "$workload" in
         broadcast-closed)
           start_server RATE_LIMIT_PER_SEC=1000000 RATE_LIMIT_BURST=1000000 $(otel_env "$setting")
-          bench --scenario broadcast --rooms 100 --players 8 --rate 0 --duration 10 --tag "$tag"
+          bench --scenario broadcast --rooms 100 --players 8 --rate 0 --duration "$DURATION" --tag "$tag"
           ;;
         broadcast-20)
           start_server $(otel_env "$setting")
-          bench --scenario broadcast --rooms 250 --players 8 --rate 20 --duration 10 --tag "$tag"
+          bench --scenario broadcast --rooms 250 --players 8 --rate 20 --duration "$DURATION" --tag "$tag"
           ;;
         *) echo "unknown workload $workload" >&2; exit 2 ;;
       esac
