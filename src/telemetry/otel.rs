@@ -66,6 +66,18 @@ struct Health {
     overflowed: AtomicBool,
     spans_dropped: AtomicU64,
     export_failures: AtomicU64,
+    /// When the queue last overflowed (ms since `EPOCH`, plus one; 0: never): an
+    /// overflow ends only after
+    /// `QUEUE_QUIET` without one, so sustained overload is one outage, not a pair of
+    /// lines per batch.
+    last_overflow_ms: AtomicU64,
+}
+
+const QUEUE_QUIET: Duration = Duration::from_secs(10);
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+fn now_ms() -> u64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 const TRACES: u8 = 1;
@@ -105,10 +117,12 @@ impl Health {
     /// An export of `cause`'s signal succeeded (a trace export also ends a queue
     /// overflow: the queue drains again).
     fn succeeded(&self, cause: u8) {
-        let clear = if cause == TRACES {
-            TRACES | QUEUE
-        } else {
-            cause
+        let last = self.last_overflow_ms.load(Ordering::Relaxed);
+        let quiet =
+            last == 0 || now_ms().saturating_sub(last - 1) >= QUEUE_QUIET.as_millis() as u64;
+        let clear = match cause {
+            TRACES if quiet => TRACES | QUEUE,
+            other => other,
         };
         let before = self.failing.fetch_and(!clear, Ordering::AcqRel);
         if before != 0 && before & !clear == 0 {
@@ -122,9 +136,11 @@ impl Health {
 
     /// Called by the exporter thread: a queue overflow is an outage of its own.
     fn check_overflow(&self) {
-        if self.overflowed.swap(false, Ordering::AcqRel)
-            && self.failing.fetch_or(QUEUE, Ordering::AcqRel) == 0
-        {
+        if !self.overflowed.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        self.last_overflow_ms.store(now_ms() + 1, Ordering::Relaxed);
+        if self.failing.fetch_or(QUEUE, Ordering::AcqRel) == 0 {
             tracing::warn!(
                 spansDropped = self.spans_dropped.load(Ordering::Relaxed),
                 "otel_span_queue_full"
@@ -1029,6 +1045,22 @@ mod tests {
         assert_eq!(h.failing.load(Ordering::Relaxed), 0);
         assert_eq!(h.spans_dropped.load(Ordering::Relaxed), 3);
         assert_eq!(h.export_failures.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_queue_overflow_lasts_until_the_queue_has_been_quiet() {
+        let h = Health::default();
+        h.overflowed.store(true, Ordering::Relaxed);
+        h.check_overflow();
+        assert_eq!(h.failing.load(Ordering::Relaxed), QUEUE);
+        // Exports still succeed under overload: the outage goes on.
+        h.succeeded(TRACES);
+        assert_eq!(h.failing.load(Ordering::Relaxed), QUEUE);
+        // Quiet for long enough (as if the last overflow were long ago): the next
+        // export ends it.
+        h.last_overflow_ms.store(0, Ordering::Relaxed);
+        h.succeeded(TRACES);
+        assert_eq!(h.failing.load(Ordering::Relaxed), 0);
     }
 
     #[test]
