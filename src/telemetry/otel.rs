@@ -16,8 +16,10 @@
 //! - metrics are read from the same atomics the `metrics_flush` line reports, by
 //!   observable instruments, every `OTEL_METRIC_EXPORT_INTERVAL`.
 //! - an outage (failed exports, or spans dropped) is logged once when it starts
-//!   (`otel_export_failed`) and once when an export succeeds again
-//!   (`otel_export_recovered`), never per span.
+//!   (`otel_export_failed`, `otel_span_queue_full`) and once when every signal
+//!   exports again (`otel_export_recovered`), never per span or per batch.
+//! - new traces are sampled before their span exists (`sample_root`), so at a small
+//!   ratio an unsampled message costs a random number, not a span.
 //! - shutdown flushes what is queued within a bound, on a thread of its own: the
 //!   SDK's blocking shutdown never runs on a runtime worker.
 
