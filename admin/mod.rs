@@ -61,10 +61,13 @@ pub async fn serve(
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
     server_builder(&app.config)?
+        // telemetry: a span per call, continuing the caller's `traceparent`.
+        .trace_fn(crate::telemetry::otel::admin_span)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(admin)
+        // telemetry: each call's gRPC status on its span.
+        .add_service(crate::telemetry::otel::RecordStatus(admin))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             stop.cancelled_owned(),

@@ -99,6 +99,64 @@ pub struct Config {
     pub max_watchers_per_room: usize,
     /// Where canvas images may come from (`IMAGE_SOURCES`, default `self,data`).
     pub image_sources: ImagePolicy,
+    /// OpenTelemetry export (the standard `OTEL_*` variables); `None`: nothing is
+    /// exported (no endpoint set, or `OTEL_SDK_DISABLED=true`).
+    pub otel: Option<Otel>,
+}
+
+/// Where and how traces and metrics are exported over OTLP/gRPC.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Otel {
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT`;
+    /// `None`: no traces (`OTEL_TRACES_EXPORTER=none`, or only metrics configured).
+    pub traces_endpoint: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`, else `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub metrics_endpoint: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_HEADERS` (`key=value,…`, values percent-decoded): sent
+    /// with every export, often an API key, so never printed.
+    pub headers: OtelHeaders,
+    /// `OTEL_SERVICE_NAME`, else `service.name` of the resource attributes, else
+    /// `karaoke-realtime`.
+    pub service_name: String,
+    /// `OTEL_RESOURCE_ATTRIBUTES` (`key=value,…`), without `service.name`.
+    pub resource_attributes: Vec<(String, String)>,
+    /// `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`.
+    pub sampler: OtelSampler,
+    /// `OTEL_METRIC_EXPORT_INTERVAL` (ms, default 60000).
+    pub metric_export_interval: std::time::Duration,
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT` (ms, default 10000): the most one export may take.
+    pub export_timeout: std::time::Duration,
+    /// `OTEL_BSP_SCHEDULE_DELAY` (ms, default 5000): how long finished spans wait to
+    /// be sent in one batch.
+    pub span_batch_delay: std::time::Duration,
+    /// `OTEL_BSP_MAX_QUEUE_SIZE` (default 2048): spans waiting at most; more are
+    /// dropped and counted (`otel_spans_dropped_total`).
+    pub span_queue_limit: usize,
+    /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` (default 512).
+    pub span_batch_max: usize,
+}
+
+/// Export headers; the values never print.
+#[derive(Clone, Default, PartialEq)]
+pub struct OtelHeaders(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for OtelHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(k, _)| format!("{k}=<redacted>")))
+            .finish()
+    }
+}
+
+/// The samplers of the OpenTelemetry specification that need no remote service.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum OtelSampler {
+    AlwaysOn,
+    AlwaysOff,
+    TraceIdRatio(f64),
+    ParentBasedAlwaysOn,
+    ParentBasedAlwaysOff,
+    ParentBasedTraceIdRatio(f64),
 }
 
 /// The persistence backend, chosen by the scheme of `DATABASE_URL`.
@@ -503,6 +561,192 @@ impl Reader<'_> {
     }
 }
 
+/// Percent-decodes `%XX` sequences (the W3C Baggage encoding of the OTEL_* lists).
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `key=value,key=value` (empty items skipped), or the first bad item.
+fn key_values(raw: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for item in raw.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| format!("expected key=value items, got {item:?}"))?;
+        let k = k.trim();
+        let v = percent_decode(v.trim())
+            .ok_or_else(|| format!("bad percent-encoding in the value of {k:?}"))?;
+        if k.is_empty() {
+            return Err(format!("expected key=value items, got {item:?}"));
+        }
+        out.push((k.to_string(), v));
+    }
+    Ok(out)
+}
+
+/// The `OTEL_*` variables. Only OTLP over gRPC is built in: any other protocol or
+/// exporter is one error line naming the variable, so a collector the operator
+/// configured never goes silently unused.
+fn read_otel(r: &mut Reader<'_>) -> Option<Otel> {
+    let disabled = r.boolean("OTEL_SDK_DISABLED", false);
+    for name in [
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+    ] {
+        if let Some(v) = r.raw(name)
+            && v.trim() != "grpc"
+        {
+            r.errors.push(format!(
+                "{name}: only grpc is supported (OTLP over gRPC), got {v:?}"
+            ));
+        }
+    }
+    for name in [
+        "OTEL_EXPORTER_OTLP_COMPRESSION",
+        "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+        "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
+    ] {
+        if let Some(v) = r.raw(name)
+            && v.trim() != "none"
+        {
+            r.errors
+                .push(format!("{name}: only none is supported, got {v:?}"));
+        }
+    }
+    let mut signal = |exporter: &str, specific: &str| -> Option<String> {
+        let on = match r.raw(exporter).map(|v| v.trim().to_ascii_lowercase()) {
+            None => true,
+            Some(v) if v == "otlp" => true,
+            Some(v) if v == "none" => false,
+            Some(v) => {
+                r.errors
+                    .push(format!("{exporter}: expected otlp or none, got {v:?}"));
+                false
+            }
+        };
+        let endpoint = r.raw(specific).map(|v| (specific, v)).or_else(|| {
+            r.raw("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .map(|v| ("OTEL_EXPORTER_OTLP_ENDPOINT", v))
+        });
+        let (name, url) = endpoint?;
+        let url = url.trim().to_string();
+        if url.starts_with("https://") {
+            r.errors.push(format!(
+                "{name}: https is not supported by this build (run the collector beside the \
+                 server and export to it over http://), got {url:?}"
+            ));
+            return None;
+        }
+        if !url.starts_with("http://") || url.len() <= "http://".len() {
+            r.errors
+                .push(format!("{name}: expected http://host:port, got {url:?}"));
+            return None;
+        }
+        on.then_some(url)
+    };
+    let traces_endpoint = signal("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+    let metrics_endpoint = signal(
+        "OTEL_METRICS_EXPORTER",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    );
+    let headers = match r.raw("OTEL_EXPORTER_OTLP_HEADERS") {
+        None => Vec::new(),
+        // Never echo the value: it usually carries an API key.
+        Some(raw) => key_values(&raw).unwrap_or_else(|_| {
+            r.errors.push(
+                "OTEL_EXPORTER_OTLP_HEADERS: expected key=value,key=value with percent-encoded values"
+                    .to_string(),
+            );
+            Vec::new()
+        }),
+    };
+    let mut resource_attributes = match r.raw("OTEL_RESOURCE_ATTRIBUTES") {
+        None => Vec::new(),
+        Some(raw) => key_values(&raw).unwrap_or_else(|why| {
+            r.errors.push(format!("OTEL_RESOURCE_ATTRIBUTES: {why}"));
+            Vec::new()
+        }),
+    };
+    let from_attributes = resource_attributes
+        .iter()
+        .find(|(k, _)| k == "service.name")
+        .map(|(_, v)| v.clone());
+    resource_attributes.retain(|(k, _)| k != "service.name");
+    let service_name = r
+        .raw("OTEL_SERVICE_NAME")
+        .map(|v| v.trim().to_string())
+        .or(from_attributes)
+        .unwrap_or_else(|| "karaoke-realtime".to_string());
+    let ratio = match r.raw("OTEL_TRACES_SAMPLER_ARG") {
+        None => 1.0,
+        Some(raw) => match raw.trim().parse::<f64>() {
+            Ok(v) if (0.0..=1.0).contains(&v) => v,
+            _ => {
+                r.errors.push(format!(
+                    "OTEL_TRACES_SAMPLER_ARG: expected a ratio from 0 to 1, got {raw:?}"
+                ));
+                1.0
+            }
+        },
+    };
+    let sampler = match r
+        .raw("OTEL_TRACES_SAMPLER")
+        .map(|v| v.trim().to_ascii_lowercase())
+    {
+        None => OtelSampler::ParentBasedAlwaysOn,
+        Some(v) => match v.as_str() {
+            "always_on" => OtelSampler::AlwaysOn,
+            "always_off" => OtelSampler::AlwaysOff,
+            "traceidratio" => OtelSampler::TraceIdRatio(ratio),
+            "parentbased_always_on" => OtelSampler::ParentBasedAlwaysOn,
+            "parentbased_always_off" => OtelSampler::ParentBasedAlwaysOff,
+            "parentbased_traceidratio" => OtelSampler::ParentBasedTraceIdRatio(ratio),
+            _ => {
+                r.errors.push(format!(
+                    "OTEL_TRACES_SAMPLER: expected always_on, always_off, traceidratio, \
+                     parentbased_always_on, parentbased_always_off or parentbased_traceidratio, got {v:?}"
+                ));
+                OtelSampler::ParentBasedAlwaysOn
+            }
+        },
+    };
+    let metric_export_interval = r.millis("OTEL_METRIC_EXPORT_INTERVAL", 60_000, 10);
+    let export_timeout = r.millis("OTEL_EXPORTER_OTLP_TIMEOUT", 10_000, 10);
+    let span_batch_delay = r.millis("OTEL_BSP_SCHEDULE_DELAY", 5_000, 1);
+    let span_queue_limit = r.number("OTEL_BSP_MAX_QUEUE_SIZE", 2048usize, 1, 1_000_000);
+    let span_batch_max = r.number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512usize, 1, 1_000_000);
+    if disabled || (traces_endpoint.is_none() && metrics_endpoint.is_none()) {
+        return None;
+    }
+    Some(Otel {
+        traces_endpoint,
+        metrics_endpoint,
+        headers: OtelHeaders(headers),
+        service_name,
+        resource_attributes,
+        sampler,
+        metric_export_interval,
+        export_timeout,
+        span_batch_delay,
+        span_queue_limit,
+        span_batch_max: span_batch_max.min(span_queue_limit),
+    })
+}
+
 impl Config {
     /// Reads the process environment.
     pub fn from_env() -> Result<Config, Vec<String>> {
@@ -676,6 +920,7 @@ impl Config {
                 ImagePolicy::default()
             }),
         };
+        let otel = read_otel(&mut r);
         if !r.errors.is_empty() {
             return Err(r.errors);
         }
@@ -723,6 +968,7 @@ impl Config {
             max_watchers,
             max_watchers_per_room,
             image_sources,
+            otel,
         })
     }
 
@@ -817,7 +1063,9 @@ mod tests {
         let read = RefCell::new(Vec::<String>::new());
         let _ = Config::from_lookup(&|name| {
             let mut read = read.borrow_mut();
-            if !read.iter().any(|n| n == name) {
+            // The OpenTelemetry SDK's standard variables stay variables only: every
+            // OpenTelemetry deployment configures export that way.
+            if !name.starts_with("OTEL_") && !read.iter().any(|n| n == name) {
                 read.push(name.to_string());
             }
             None
@@ -832,6 +1080,71 @@ mod tests {
                 s.env
             );
         }
+    }
+
+    #[test]
+    fn otel_is_off_without_an_endpoint_and_when_disabled() {
+        assert_eq!(load(&[]).expect("defaults").otel, None);
+        let on = load(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")]).expect("ok");
+        let otel = on.otel.expect("otel on");
+        assert_eq!(
+            otel.traces_endpoint.as_deref(),
+            Some("http://127.0.0.1:4317")
+        );
+        assert_eq!(otel.sampler, OtelSampler::ParentBasedAlwaysOn);
+        assert_eq!(otel.service_name, "karaoke-realtime");
+        let off = load(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+            ("OTEL_SDK_DISABLED", "true"),
+        ])
+        .expect("ok");
+        assert_eq!(off.otel, None);
+    }
+
+    #[test]
+    fn otel_values_parse_and_unsupported_ones_are_one_line_each() {
+        let c = load(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://metrics:4317"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s%3Dcret, x=y"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "service.name=a,deployment.environment=prod",
+            ),
+            ("OTEL_SERVICE_NAME", "karaoke-eu"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.01"),
+        ])
+        .expect("ok")
+        .otel
+        .expect("on");
+        assert_eq!(c.metrics_endpoint.as_deref(), Some("http://metrics:4317"));
+        assert_eq!(c.headers.0[0], ("api-key".into(), "s=cret".into()));
+        assert!(!format!("{c:?}").contains("cret"));
+        assert_eq!(c.service_name, "karaoke-eu");
+        assert_eq!(
+            c.resource_attributes,
+            vec![("deployment.environment".into(), "prod".into())]
+        );
+        assert_eq!(c.sampler, OtelSampler::ParentBasedTraceIdRatio(0.01));
+        let errors = load(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_TRACES_SAMPLER", "jaeger_remote"),
+        ])
+        .expect_err("unsupported");
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].starts_with("OTEL_EXPORTER_OTLP_PROTOCOL: "),
+            "{}",
+            errors[0]
+        );
+        assert!(errors[0].contains("http/json"), "{}", errors[0]);
+        assert!(
+            errors[1].starts_with("OTEL_TRACES_SAMPLER: "),
+            "{}",
+            errors[1]
+        );
     }
 
     #[test]

@@ -36,7 +36,17 @@ async fn main() -> std::process::ExitCode {
     if command != Command::Serve {
         return std::process::ExitCode::from(cli::run(command, &config));
     }
-    telemetry::log::init(config.log_level);
+    // Export first: the logger's subscriber carries its layer. A collector that
+    // cannot be set up stops start-up like any bad setting: one line, exit 2.
+    let (otel, tracer) = match config.otel.as_ref().map(telemetry::otel::init) {
+        None => (None, None),
+        Some(Ok((otel, tracer))) => (Some(otel), tracer),
+        Some(Err(line)) => {
+            eprintln!("config error: {line}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    telemetry::log::init_with(config.log_level, tracer);
     if config.secret_is_random {
         tracing::warn!(
             "REALTIME_SHARED_SECRET is not set: using a random secret for this process only; \
@@ -47,19 +57,31 @@ async fn main() -> std::process::ExitCode {
     // right after `realtime_server_listening` must still shut down gracefully
     // instead of killing the process with the default action.
     let signals = Signals::install();
+    let grace = config.shutdown_grace;
     let handle = match server::start(config).await {
         Ok(handle) => handle,
         Err(e) => {
             tracing::error!(error = %e, "start_failed");
+            if let Some(otel) = otel {
+                otel.shutdown(OTEL_FLUSH.min(grace)).await;
+            }
             telemetry::log::flush(LOG_FLUSH);
             return std::process::ExitCode::from(1);
         }
     };
     signals.wait().await;
     handle.shutdown().await;
+    // The shutdown span has ended by now: this sends it, with everything queued.
+    if let Some(otel) = otel {
+        otel.shutdown(OTEL_FLUSH.min(grace.max(std::time::Duration::from_millis(500))))
+            .await;
+    }
     telemetry::log::flush(LOG_FLUSH);
     std::process::ExitCode::SUCCESS
 }
+
+/// How long the last spans and metrics may take to reach the collector at exit.
+const OTEL_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long the last log lines may take to reach stdout at exit.
 const LOG_FLUSH: std::time::Duration = std::time::Duration::from_secs(2);

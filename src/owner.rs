@@ -13,7 +13,7 @@ use crate::outbox::{Outbox, Push, Weigh};
 use crate::protocol::server::ServerMessage;
 use crate::protocol::{ErrorCode, Rejection, RoomSnapshot};
 use crate::room::{Action, Applied, Event, Room};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, otel};
 use bytes::Bytes;
 use std::collections::{HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -119,6 +119,9 @@ pub enum RoomMsg {
         /// Callers outside a socket (admin, tests) get the outcome here; a socket's
         /// errors go to its own outbox.
         reply: Option<oneshot::Sender<Result<Applied, Rejection>>>,
+        /// telemetry: the caller's span (an admin call), continued by the owner's
+        /// span for this command; `None` when traces are not exported.
+        cause: Option<Box<tracing::Span>>,
     },
     /// The room's state as the admin plane (and tests) see it.
     Info {
@@ -189,6 +192,7 @@ impl RoomHandle {
             .send(RoomMsg::Command {
                 command: Box::new(Command { origin, action }),
                 reply: None,
+                cause: None,
             })
             .await
             .map_err(|_| gone())
@@ -201,6 +205,7 @@ impl RoomHandle {
             .send(RoomMsg::Command {
                 command: Box::new(Command { origin, action }),
                 reply: Some(reply),
+                cause: crate::telemetry::otel::cause(),
             })
             .await
             .map_err(|_| gone())?;
@@ -505,9 +510,20 @@ impl Owner {
                 let _ = reply.send(self.attach(member, last_version));
             }
             RoomMsg::Detach { conn } => self.detach(conn),
-            RoomMsg::Command { command, reply } => {
+            RoomMsg::Command {
+                command,
+                reply,
+                cause,
+            } => {
                 let Command { origin, action } = *command;
-                self.command(origin, action, reply)
+                // telemetry: a span per handled command, timed only while exporting.
+                let span = otel::command_span(cause.as_deref(), self.room.code(), &origin, &action);
+                let _entered = span.enter();
+                let started = otel::metrics_enabled().then(std::time::Instant::now);
+                self.command(origin, action, reply);
+                if let Some(started) = started {
+                    otel::record_message(started.elapsed());
+                }
             }
             RoomMsg::Info { reply } => {
                 let _ = reply.send(RoomInfo {
@@ -770,6 +786,7 @@ impl Owner {
             player.connected = self.members.iter().any(|m| m.player_id == player.id);
         }
         let result = self.change(&origin, action, None);
+        otel::record_outcome(&result); // telemetry
         if let Ok(Applied {
             event: Event::PlayerRemoved { player_id },
             ..
@@ -871,6 +888,10 @@ impl Owner {
             }
         }
         let code = self.code.clone();
+        // telemetry: the broadcast as a child of the command that caused it.
+        let span = otel::broadcast_span(&code, kind, applied.version, self.members.len());
+        let _entered = span.enter();
+        let started = otel::metrics_enabled().then(std::time::Instant::now);
         self.fan_out(&Publication {
             room_code: &code,
             version: applied.version,
@@ -890,6 +911,9 @@ impl Owner {
                 skip: except,
                 change: false,
             });
+        }
+        if let Some(started) = started {
+            otel::record_fanout(started.elapsed());
         }
     }
 

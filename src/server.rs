@@ -9,7 +9,7 @@ use crate::owner::WatcherCount;
 use crate::registry::Registry;
 use crate::store::writer::{self, WriterConfig, WriterHandle};
 use crate::store::{Loaded, Store, StoreError};
-use crate::telemetry::{Metrics, metrics};
+use crate::telemetry::{Metrics, metrics, otel};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpSocket};
@@ -118,6 +118,14 @@ fn fit_connection_cap(config: &mut Config) {
 /// Connects to the configured database, applies migrations and loads every open
 /// room; rooms that cannot be restored are reported, one line each.
 pub async fn open_store(config: &Config) -> Result<Option<(Store, Loaded)>, StoreError> {
+    let span = otel::restore_span(&format!("{:?}", config.database));
+    tracing::Instrument::instrument(open_store_in(config, &span), span.clone()).await
+}
+
+async fn open_store_in(
+    config: &Config,
+    span: &tracing::Span,
+) -> Result<Option<(Store, Loaded)>, StoreError> {
     let Some(store) = Store::connect(&config.database, config.persist_statement_timeout).await?
     else {
         tracing::info!("persistence_disabled");
@@ -133,6 +141,8 @@ pub async fn open_store(config: &Config) -> Result<Option<(Store, Loaded)>, Stor
             "room_restore_failed"
         );
     }
+    span.record("karaoke.rooms.restored", loaded.rooms.len() as u64);
+    span.record("karaoke.rooms.failed", loaded.failures.len() as u64);
     tracing::info!(
         backend = ?config.database,
         restored = loaded.rooms.len(),
@@ -177,6 +187,8 @@ pub fn serve(
     extra_observers: Vec<Arc<dyn Observer>>,
 ) -> ServerHandle {
     let metrics = Arc::new(Metrics::default());
+    // The OTLP metrics read these very counters (no-op unless exported).
+    otel::observe(&metrics);
     let shutdown = CancellationToken::new();
     let mut observers: Vec<Arc<dyn Observer>> = vec![Arc::new(Telemetry(metrics.clone()))];
     let (writer, loaded) = match store {
@@ -301,6 +313,11 @@ impl ServerHandle {
     /// 1012 once their queued frames are written, wait for them (up to the
     /// configured grace), then close the port.
     pub async fn shutdown(self) {
+        let span = otel::shutdown_span();
+        tracing::Instrument::instrument(self.shutdown_in(&span), span.clone()).await
+    }
+
+    async fn shutdown_in(self, span: &tracing::Span) {
         tracing::info!("shutdown_started");
         crate::admin::set_not_serving(&self.admin_health).await;
         self.app.shutdown.cancel();
@@ -325,6 +342,7 @@ impl ServerHandle {
         crate::admin::end_health_watches(&self.admin_health).await;
         self.admin_stop.cancel();
         let _ = self.admin.await;
+        span.record("karaoke.shutdown.drained", drained);
         tracing::info!(drained, "shutdown_complete");
     }
 }

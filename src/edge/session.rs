@@ -23,7 +23,7 @@ use crate::protocol::server::ServerMessage;
 use crate::protocol::{ErrorCode, Rejection, RoomSnapshot};
 use crate::room::Room;
 use crate::server::App;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, otel};
 use bytes::Bytes;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -366,16 +366,28 @@ impl Reader {
     }
 
     async fn join(&mut self, join: JoinRoom) {
+        // telemetry: the join's span; the log lines written during it carry its ids.
+        let span = otel::join_span(
+            &join.room_code,
+            &join.player_id,
+            otel::token_form(join.player_token.as_deref()),
+        );
+        tracing::Instrument::instrument(self.join_in(join, &span), span.clone()).await
+    }
+
+    async fn join_in(&mut self, join: JoinRoom, span: &tracing::Span) {
         let metrics = self.app.metrics.clone();
         Metrics::inc(&metrics.counters.join_room_attempts_total);
         match self.try_join(join).await {
             Ok(joined) => {
                 Metrics::inc(&metrics.counters.join_room_success_total);
+                otel::record_join(span, None);
                 tracing::info!(roomCode = %joined.room.code(), playerId = %joined.player_id, "join_room_success");
                 self.joined = Some(joined);
             }
             Err(why) => {
                 Metrics::inc(&metrics.counters.join_room_failures_total);
+                otel::record_join(span, Some(why.code.as_str()));
                 self.reply(&why);
             }
         }

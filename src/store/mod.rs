@@ -133,6 +133,9 @@ pub struct EventRow {
     pub version: u64,
     pub payload: String,
     pub created_at: OffsetDateTime,
+    /// telemetry: the trace of the change this row stores (sampled spans only), so
+    /// the batch that writes it joins that trace; `None` when traces are off.
+    pub trace: Option<Box<opentelemetry::trace::SpanContext>>,
 }
 
 /// One row of `room_canvases`: one canvas's elements (`ops`, JSON text) at `version`,
@@ -341,6 +344,14 @@ impl Store {
     }
 
     /// The statement timeout this store was opened with.
+    /// The backend, as the `db.system.name` semantic convention spells it.
+    pub fn backend(&self) -> &'static str {
+        match self.pool {
+            Pool::Postgres(_) => "postgresql",
+            Pool::Sqlite(_) => "sqlite",
+        }
+    }
+
     pub fn statement_timeout(&self) -> Duration {
         self.timeout
     }

@@ -22,7 +22,7 @@ use super::{Batch, CanvasRow, DeadLetter, EventPayload, EventRow, SnapshotRow, S
 use crate::observe::{Change, Observer};
 use crate::protocol::{ErrorCode, Rejection};
 use crate::room::Room;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, otel};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -279,6 +279,7 @@ impl Observer for Persistence {
             version: change.applied.version,
             payload,
             created_at: change.at,
+            trace: crate::telemetry::otel::current_link(), // telemetry
         }));
     }
 
@@ -882,8 +883,27 @@ impl Writer {
             match group {
                 Group::Write(items) => {
                     let batch = batch_of(items);
+                    // telemetry: the batch joins the traces of the rows it stores.
+                    let mut traces = batch.events.iter().filter_map(|e| e.trace.as_deref());
+                    let first = traces.next();
+                    let span = otel::persist_span(store.backend(), items.len(), first.is_some());
+                    if !span.is_disabled() {
+                        otel::join_traces(&span, first.into_iter().chain(traces));
+                    }
                     let call = store.write(&batch);
-                    watch(call, rx, queue, shared, *stall_after, items.len()).await
+                    let watched = watch(call, rx, queue, shared, *stall_after, items.len());
+                    let (result, stalled) =
+                        tracing::Instrument::instrument(watched, span.clone()).await;
+                    otel::record_persist(
+                        &span,
+                        if result.is_ok() { "written" } else { "failed" },
+                        result.as_ref().err().map(|e| match e {
+                            WriteError::Refused(_) => "refused",
+                            WriteError::TimedOut(_) => "timed_out",
+                            WriteError::Failed(_) => "failed",
+                        }),
+                    );
+                    (result, stalled)
                 }
                 Group::DeadLetter(item, error) => {
                     let letter = item.dead_letter(error);
@@ -1063,6 +1083,7 @@ mod tests {
             version,
             payload: "x".repeat(bytes),
             created_at: OffsetDateTime::UNIX_EPOCH,
+            trace: None,
         }
     }
 

@@ -32,6 +32,13 @@ use crate::protocol::format_time;
 /// Installs the JSON logger as the global subscriber. Safe to call more than once
 /// (later calls are ignored), which tests that start several servers rely on.
 pub fn init(level: LogLevel) {
+    init_with(level, None)
+}
+
+/// Like `init`, with the spans of `otel::TARGET` exported through `tracer` (only
+/// then are those spans enabled at all) and every line logged inside one of them
+/// carrying its `traceId` and `spanId`.
+pub fn init_with(level: LogLevel, tracer: Option<opentelemetry_sdk::trace::SdkTracer>) {
     let max = match level {
         LogLevel::Debug => tracing::level_filters::LevelFilter::DEBUG,
         LogLevel::Info => tracing::level_filters::LevelFilter::INFO,
@@ -41,14 +48,39 @@ pub fn init(level: LogLevel) {
     // Only our own crate's events; dependencies' debug chatter stays out of the stream.
     let filter = tracing_subscriber::filter::Targets::new()
         .with_target(env!("CARGO_CRATE_NAME"), max)
-        .with_default(tracing::level_filters::LevelFilter::WARN.min(max));
+        .with_default(tracing::level_filters::LevelFilter::WARN.min(max))
+        // Export spans: without a tracer this target is off, so declaring such a span
+        // on the message path costs one cached callsite check.
+        .with_target(
+            super::otel::TARGET,
+            if tracer.is_some() {
+                tracing::level_filters::LevelFilter::TRACE
+            } else {
+                tracing::level_filters::LevelFilter::OFF
+            },
+        );
+    let with_ids = tracer.is_some();
+    // No source location, thread, target or busy/idle timings on every span: the
+    // spans carry what operators need, and each of these costs on the message path.
+    let otel = tracer.map(|t| {
+        tracing_opentelemetry::layer()
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
+            .with_tracer(t)
+    });
     // A global filter, not a per-layer one: with a per-layer filter, a dependency's
     // `tracing::enabled!` that answers false (sqlx asks before every query) left the
     // filter's per-thread state set, and the next event on that thread was dropped
     // (`rooms_restored` after loading rooms, for one).
     let installed = tracing_subscriber::registry()
         .with(filter)
-        .with(JsonLines)
+        .with(JsonLines {
+            with_ids,
+            dispatch: OnceLock::new(),
+        })
+        .with(otel)
         .try_init()
         .is_ok();
     if installed {
@@ -128,7 +160,13 @@ fn write_lines(rx: Receiver<Line>) {
     }
 }
 
-struct JsonLines;
+struct JsonLines {
+    /// Spans are exported: lines inside one carry `traceId` and `spanId`.
+    with_ids: bool,
+    /// The subscriber this layer is part of, to ask the OpenTelemetry layer for a
+    /// span's ids (set when the subscriber is installed).
+    dispatch: OnceLock<tracing::dispatcher::WeakDispatch>,
+}
 
 /// Longest text field written, in characters (the server-made `metrics` excepted).
 pub const FIELD_MAX_CHARS: usize = 256;
@@ -196,10 +234,33 @@ fn render(level: &Level, mut fields: Fields, time: String) -> String {
     text
 }
 
-impl<S: Subscriber> Layer<S> for JsonLines {
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+impl<S> Layer<S> for JsonLines
+where
+    S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
+        let _ = self.dispatch.set(subscriber.downgrade());
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let mut fields = Fields::default();
         event.record(&mut fields);
+        if self.with_ids
+            && let Some(span) = ctx.lookup_current()
+            && let Some(dispatch) = self.dispatch.get().and_then(|d| d.upgrade())
+            && let Some(cx) = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)
+        {
+            use opentelemetry::trace::TraceContextExt;
+            let sc = cx.span().span_context().clone();
+            if sc.is_valid() {
+                fields
+                    .0
+                    .insert("traceId".into(), sc.trace_id().to_string().into());
+                fields
+                    .0
+                    .insert("spanId".into(), sc.span_id().to_string().into());
+            }
+        }
         let text = render(
             event.metadata().level(),
             fields,

@@ -60,6 +60,8 @@ counters!(
     http_broadcast_failures_total,
     http_broadcast_auth_failures_total,
     log_lines_dropped_total,
+    otel_spans_dropped_total,
+    otel_export_failures_total,
 );
 
 #[derive(Debug, Default)]
@@ -87,6 +89,7 @@ impl Metrics {
         self.counters
             .persist_batch_micros_total
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        super::otel::record_persist_batch(elapsed);
     }
 
     /// The body of one `metrics_flush` line: counter deltas since `previous`
@@ -96,6 +99,13 @@ impl Metrics {
         self.counters
             .log_lines_dropped_total
             .store(super::log::dropped(), Ordering::Relaxed);
+        // So are the OTLP exporter's (zero while nothing is exported).
+        self.counters
+            .otel_spans_dropped_total
+            .store(super::otel::spans_dropped(), Ordering::Relaxed);
+        self.counters
+            .otel_export_failures_total
+            .store(super::otel::export_failures(), Ordering::Relaxed);
         let now = self.counters.read();
         let mut out = serde_json::Map::new();
         for (i, (name, value)) in now.iter().enumerate() {
