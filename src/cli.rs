@@ -114,14 +114,19 @@ impl Settings {
     /// The one validated [`Config`], or one line per bad value. A bad value given as a
     /// flag is named by its flag and variable (`--port (PORT): …`).
     pub fn config(&self) -> Result<Config, Vec<String>> {
-        Config::from_lookup(&|name| self.values.get(name).map(|g| g.value.clone())).map_err(
-            |errors| {
-                errors
-                    .into_iter()
-                    .map(|line| self.name_the_flag(line))
-                    .collect()
-            },
-        )
+        // The standard OTEL_* variables are not flags (see config::SETTINGS): they
+        // are read from the environment as every OpenTelemetry SDK reads them.
+        let lookup = |name: &str| match self.values.get(name) {
+            Some(given) => Some(given.value.clone()),
+            None if name.starts_with("OTEL_") => std::env::var(name).ok(),
+            None => None,
+        };
+        Config::from_lookup(&lookup).map_err(|errors| {
+            errors
+                .into_iter()
+                .map(|line| self.name_the_flag(line))
+                .collect()
+        })
     }
 
     fn name_the_flag(&self, line: String) -> String {

@@ -317,6 +317,18 @@ async fn a_game_is_traced_and_measured_through_otlp() {
     let hello = player.join(&room.code, "host", &token).await;
     assert_eq!(hello["type"], "hello_ack", "{hello}");
     player.set_ready(&room.code, "host", true).await;
+    // A message the rules refuse (a big idea in the lobby): its span is an error.
+    player
+        .send(serde_json::json!({"type":"submit_big_idea","roomCode":room.code,"adlobId":"ad1","text":"too early"}))
+        .await;
+    // (after the ready toggle's own broadcasts, which come first)
+    let error = loop {
+        let v = player.recv().await;
+        if v["type"] == "error" {
+            break v;
+        }
+    };
+    assert_eq!(error["code"], "invalid_transition", "{error}");
 
     // An admin change in another trace: the call, the room's command, its broadcast
     // and the persistence batch that stored its event row are one trace.
@@ -435,6 +447,14 @@ async fn a_game_is_traced_and_measured_through_otlp() {
     })
     .await;
     assert_eq!(attr_str(&ready, "karaoke.outcome"), "applied");
+    let refused = span_where(&received, "ws.message big_idea", |s| {
+        s.name == "ws.message big_idea"
+    })
+    .await;
+    assert_eq!(attr_str(&refused, "karaoke.outcome"), "rejected");
+    assert_eq!(attr_str(&refused, "error.type"), "invalid_transition");
+    let status = refused.status.as_ref().map(|s| s.code);
+    assert_eq!(status, Some(2), "STATUS_CODE_ERROR: {:?}", refused.status);
     assert_eq!(attr_str(&ready, "karaoke.player.id"), "host");
     assert!(
         attr_str(&ready, "karaoke.room.version")

@@ -214,7 +214,7 @@ pub fn init(config: &OtelConfig) -> Result<(Otel, Option<SdkTracer>), String> {
                 .build()
                 .map_err(|e| format!("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: {e}"))?;
             exporter.set_resource(&resource);
-            let processor = BoundedSpans::start(exporter, config, runtime)?;
+            let processor = BoundedSpans::start(exporter, config, runtime.clone())?;
             let provider = SdkTracerProvider::builder()
                 .with_span_processor(processor)
                 .with_sampler(sampler(config.sampler))
@@ -237,7 +237,12 @@ pub fn init(config: &OtelConfig) -> Result<(Otel, Option<SdkTracer>), String> {
                 .with_temporality(Temporality::Cumulative)
                 .build()
                 .map_err(|e| format!("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT: {e}"))?;
-            let reader = PeriodicReader::builder(WatchedMetrics(exporter))
+            let watched = WatchedMetrics {
+                exporter,
+                runtime: runtime.clone(),
+                timeout: config.export_timeout,
+            };
+            let reader = PeriodicReader::builder(watched)
                 .with_interval(config.metric_export_interval)
                 .build();
             let provider = SdkMeterProvider::builder()
@@ -615,32 +620,53 @@ impl<E: SpanExporter> Exporting<E> {
     }
 }
 
-/// The metrics exporter, watched for failures like the span exporter.
-struct WatchedMetrics<E>(E);
+/// The metrics exporter, watched for failures like the span exporter, and bounded
+/// like it: the SDK's reader puts no time limit on an export, and tonic's request
+/// timeout does not cover a collector that connects, answers its headers and then
+/// stalls (or a connect that hangs until the kernel gives up).
+struct WatchedMetrics<E> {
+    exporter: E,
+    runtime: tokio::runtime::Handle,
+    timeout: Duration,
+}
 
 impl<E: PushMetricExporter> PushMetricExporter for WatchedMetrics<E> {
     async fn export(
         &self,
         metrics: &opentelemetry_sdk::metrics::data::ResourceMetrics,
     ) -> OTelSdkResult {
-        let result = self.0.export(metrics).await;
+        // The reader polls this on its own thread: the timer needs the runtime's
+        // context, entered for the timer's creation.
+        let timed = {
+            let _context = self.runtime.enter();
+            tokio::time::timeout(self.timeout, self.exporter.export(metrics))
+        };
+        let result = match timed.await {
+            Ok(result) => result,
+            Err(_) => Err(opentelemetry_sdk::error::OTelSdkError::Timeout(
+                self.timeout,
+            )),
+        };
         match &result {
             Ok(()) => health().succeeded(METRICS),
+            Err(opentelemetry_sdk::error::OTelSdkError::Timeout(_)) => {
+                health().failed(METRICS, "timed out", 0)
+            }
             Err(e) => health().failed(METRICS, &e.to_string(), 0),
         }
         result
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        self.0.force_flush()
+        self.exporter.force_flush()
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.0.shutdown_with_timeout(timeout)
+        self.exporter.shutdown_with_timeout(timeout)
     }
 
     fn temporality(&self) -> Temporality {
-        self.0.temporality()
+        self.exporter.temporality()
     }
 }
 
@@ -682,6 +708,8 @@ pub fn command_span(
         karaoke.outcome = tracing::field::Empty,
         karaoke.room.version = tracing::field::Empty,
         "error.type" = tracing::field::Empty,
+        // Declared so that `record` can set it: tracing ignores undeclared fields.
+        otel.status_code = tracing::field::Empty,
     )
 }
 
@@ -787,6 +815,7 @@ pub fn persist_span(backend: &str, rows: usize, traced: bool) -> tracing::Span {
         karaoke.persist.rows = rows as u64,
         karaoke.outcome = tracing::field::Empty,
         "error.type" = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
     )
 }
 
@@ -936,6 +965,7 @@ pub fn admin_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span 
         rpc.service = %service,
         rpc.method = %method,
         rpc.grpc.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
     );
     if continued {
         let _ = span.set_parent(parent);
