@@ -67,6 +67,16 @@ struct Conn {
     /// Client private key (PEM) for --cert
     #[arg(long, global = true, value_name = "FILE", requires = "cert")]
     key: Option<PathBuf>,
+    /// Seconds a call may wait for its answer to begin (connecting gives up after 5)
+    #[arg(
+        long,
+        global = true,
+        env = "KARAOKE_ADMIN_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    timeout: u64,
 }
 
 const STATUSES: [&str; 6] = [
@@ -323,6 +333,8 @@ async fn main() -> ExitCode {
     }
 }
 
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn connect(conn: &Conn) -> Result<RoomAdminClient<Channel>, Failure> {
     let addr = conn.addr.clone();
     let mut endpoint =
@@ -348,7 +360,12 @@ async fn connect(conn: &Conn) -> Result<RoomAdminClient<Channel>, Failure> {
     } else if conn.cert.is_some() {
         return Err(Failure::Usage("--cert and --key need --ca".into()));
     }
+    // Bounded waits: a black-holed address or a stalled admin plane ends the command
+    // with UNAVAILABLE / DEADLINE_EXCEEDED instead of hanging the operator's shell.
+    // (The request timeout ends at the response headers, so `watch` streams on.)
     let channel = endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(std::time::Duration::from_secs(conn.timeout))
         .connect()
         .await
         .map_err(|e| Failure::Call(tonic::Status::unavailable(format!("{addr}: {e}"))))?;

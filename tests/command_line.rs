@@ -434,3 +434,35 @@ fn the_configuration_page_lists_every_flag_with_its_variable() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_admin_cli_gives_up_on_an_admin_plane_that_never_answers() {
+    // Accepts TCP, never speaks HTTP/2: the call's timeout ends the command (`run`
+    // fails the test if it has not exited within WAIT).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a port");
+    let addr = format!(
+        "http://127.0.0.1:{}",
+        listener.local_addr().expect("local addr").port()
+    );
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let out = run(
+        ADMIN,
+        &["--addr", &addr, "--timeout", "1", "list-rooms"],
+        &[],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        text(&out.stderr).contains("Timeout expired"),
+        "{}",
+        show(&out)
+    );
+    hold.abort();
+}

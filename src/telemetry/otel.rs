@@ -222,6 +222,15 @@ pub fn init(config: &OtelConfig) -> Result<(Otel, Option<SdkTracer>), String> {
                 .build();
             tracer = Some(provider.tracer("karaoke-realtime"));
             ROOT_RATIO.store(root_ratio(config.sampler).to_bits(), Ordering::Relaxed);
+            PARENT_BASED.store(
+                matches!(
+                    config.sampler,
+                    OtelSampler::ParentBasedAlwaysOn
+                        | OtelSampler::ParentBasedAlwaysOff
+                        | OtelSampler::ParentBasedTraceIdRatio(_)
+                ),
+                Ordering::Relaxed,
+            );
             ENABLED.store(true, Ordering::Relaxed);
             Some(provider)
         }
@@ -320,6 +329,8 @@ fn root_ratio(s: OtelSampler) -> f64 {
 
 /// `f64` bits of `root_ratio`; 0 until `init`.
 static ROOT_RATIO: AtomicU64 = AtomicU64::new(0);
+/// Whether the configured sampler follows a caller's sampling decision.
+static PARENT_BASED: AtomicBool = AtomicBool::new(false);
 
 /// Whether a new trace is recorded, decided before any span exists: a message that
 /// is not sampled costs no span at all (at 1% sampling, 99 of 100 messages pay one
@@ -558,8 +569,13 @@ impl<E: SpanExporter> Exporting<E> {
     fn run(self, rx: Receiver<Queued>) {
         let mut batch: Vec<SpanData> = Vec::with_capacity(self.batch_max);
         let mut due = Instant::now() + self.delay;
+        // A control message a drain met behind the spans: handled next, never lost.
+        let mut pending: Option<Queued> = None;
         loop {
-            let msg = rx.recv_timeout(due.saturating_duration_since(Instant::now()));
+            let msg = match pending.take() {
+                Some(msg) => Ok(msg),
+                None => rx.recv_timeout(due.saturating_duration_since(Instant::now())),
+            };
             health().check_overflow();
             match msg {
                 Ok(Queued::Span(span)) => {
@@ -569,15 +585,19 @@ impl<E: SpanExporter> Exporting<E> {
                     }
                 }
                 Ok(Queued::Flush(ack)) => {
-                    self.drain(&rx, &mut batch);
+                    pending = self.drain(&rx, &mut batch);
                     let _ = ack.send(());
                 }
                 Ok(Queued::Stop(ack)) => {
-                    self.drain(&rx, &mut batch);
+                    let behind = self.drain(&rx, &mut batch);
                     let _ = self
                         .exporter
                         .shutdown_with_timeout(Duration::from_millis(100));
                     let _ = ack.send(());
+                    // Whoever asked after the stop is answered too (nothing is left).
+                    if let Some(Queued::Flush(ack) | Queued::Stop(ack)) = behind {
+                        let _ = ack.send(());
+                    }
                     return;
                 }
                 Err(RecvTimeoutError::Timeout) => {
@@ -592,16 +612,26 @@ impl<E: SpanExporter> Exporting<E> {
         }
     }
 
-    /// Exports every span already queued (a flush: control messages behind are
-    /// answered when their turn comes).
-    fn drain(&self, rx: &Receiver<Queued>, batch: &mut Vec<SpanData>) {
-        while let Ok(Queued::Span(span)) = rx.try_recv() {
-            batch.push(*span);
-            if batch.len() >= self.batch_max {
-                self.export(batch);
+    /// Exports every span already queued, up to the first control message behind
+    /// them, which it returns so that its turn still comes.
+    fn drain(&self, rx: &Receiver<Queued>, batch: &mut Vec<SpanData>) -> Option<Queued> {
+        let mut control = None;
+        while let Ok(msg) = rx.try_recv() {
+            match msg {
+                Queued::Span(span) => {
+                    batch.push(*span);
+                    if batch.len() >= self.batch_max {
+                        self.export(batch);
+                    }
+                }
+                other => {
+                    control = Some(other);
+                    break;
+                }
             }
         }
         self.export(batch);
+        control
     }
 
     fn export(&self, batch: &mut Vec<SpanData>) {
@@ -952,8 +982,13 @@ pub fn admin_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span 
         .split_once('/')
         .unwrap_or(("", path));
     let parent = TraceContextPropagator::new().extract(&Headers(request.headers()));
-    let continued = parent.span().span_context().is_valid();
-    if !continued && !sample_root() {
+    let context = parent.span().span_context().clone();
+    let continued = context.is_valid();
+    // A caller's sampled trace is followed only where the sampler is parent-based;
+    // otherwise (and for an unsampled caller) the call is sampled like a new trace,
+    // so a caller cannot make every call recorded by setting the flag.
+    let follow = continued && context.is_sampled() && PARENT_BASED.load(Ordering::Relaxed);
+    if !follow && !sample_root() {
         return tracing::Span::none();
     }
     let span = tracing::info_span!(
