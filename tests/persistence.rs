@@ -1927,3 +1927,43 @@ async fn format_1_rows_on_postgres_still_restore() {
 async fn format_1_rows_on_sqlite_still_restore() {
     format_1_rows_restore(Backend::Sqlite).await;
 }
+
+/// Production PostgreSQL (Supabase) asks for TLS: `sslmode=require` in `DATABASE_URL`
+/// is honoured, and the server's own connections are encrypted (the machine's
+/// PostgreSQL serves TLS with a self-signed certificate, which `require` accepts
+/// without verifying, as libpq does; `verify-full` checks it against the bundled
+/// web roots).
+#[tokio::test]
+async fn a_database_url_asking_for_tls_gets_encrypted_connections() {
+    let plain = fresh(Backend::Postgres).await;
+    let separator = if plain.contains('?') { '&' } else { '?' };
+    let url = format!("{plain}{separator}sslmode=require");
+    let s = server_on(&url, |_| {}).await;
+    let rows = Rows::open(&plain).await;
+    s.create_room("TLS1", &["host"]);
+    let (mut host, _) = s.join("TLS1", "host").await;
+    host.send(set_ready("TLS1", "host", true)).await;
+    read_until(&mut host, "ready_update", 2).await;
+    caught_up(&s, &rows, "TLS1", 2).await;
+
+    let Rows::Postgres(pool) = &rows else {
+        unreachable!("a PostgreSQL URL")
+    };
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(pool)
+        .await
+        .expect("current_database");
+    // Every other session on this database is the server's.
+    let (encrypted, plain_sessions): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) \
+         FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+         WHERE a.datname = $1 AND a.pid <> pg_backend_pid()",
+    )
+    .bind(&database)
+    .fetch_one(pool)
+    .await
+    .expect("pg_stat_ssl");
+    assert!(encrypted >= 1, "the server's connections use TLS");
+    assert_eq!(plain_sessions, 0, "none of them is in plaintext");
+    s.handle.shutdown().await;
+}
