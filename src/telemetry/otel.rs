@@ -440,12 +440,27 @@ impl Otel {
         let started = std::thread::Builder::new()
             .name("otel-shutdown".into())
             .spawn(move || {
-                if let Some(p) = &self.tracer_provider {
-                    let _ = p.shutdown_with_timeout(limit);
-                }
-                if let Some(p) = &self.meter_provider {
-                    let _ = p.shutdown_with_timeout(limit);
-                }
+                // Side by side, each within `limit`: a dead collector that takes the
+                // traces' whole budget must not leave none for the last metrics.
+                let traces = || {
+                    if let Some(p) = &self.tracer_provider {
+                        let _ = p.shutdown_with_timeout(limit);
+                    }
+                };
+                let metrics = || {
+                    if let Some(p) = &self.meter_provider {
+                        let _ = p.shutdown_with_timeout(limit);
+                    }
+                };
+                std::thread::scope(|scope| {
+                    let beside = std::thread::Builder::new()
+                        .name("otel-shutdown-traces".into())
+                        .spawn_scoped(scope, traces);
+                    metrics();
+                    if beside.is_err() {
+                        traces();
+                    }
+                });
                 let _ = done.send(());
             });
         if started.is_err() {
