@@ -945,3 +945,67 @@ async fn a_connection_cap_above_the_file_limit_is_lowered_so_health_and_admin_ke
         .expect("the admin plane answers at capacity");
     server.kill().await;
 }
+
+#[tokio::test]
+async fn out_of_descriptors_the_accept_loop_backs_off_logs_once_and_recovers() {
+    // 300 descriptors. The players' cap fits them, but the admin plane's connections
+    // are not capped: holding enough of them runs the process out of descriptors, and
+    // the players' `accept` fails with EMFILE.
+    let mut server = binproc::Proc::spawn_with_nofile(
+        &[
+            ("PORT", "0"),
+            ("ADMIN_PORT", "0"),
+            ("BIND_ADDR", "127.0.0.1"),
+            ("REALTIME_SHARED_SECRET", SECRET),
+            ("DATABASE_URL", "memory:"),
+            ("METRICS_FLUSH_INTERVAL_MS", "0"),
+        ],
+        300,
+    );
+    let port = server.listening_port().await;
+    let admin_port = server.find_message("admin_plane_listening").await["port"]
+        .as_u64()
+        .expect("admin port") as u16;
+    let mut held = Vec::new();
+    for _ in 0..400 {
+        held.push(
+            TcpStream::connect(("127.0.0.1", admin_port))
+                .await
+                .expect("connect (the backlog takes what accept cannot)"),
+        );
+    }
+    // A player arrives while no descriptor is free: it waits in the backlog.
+    let mut player = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let failed = server.find_message("accept_failed").await;
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("Too many open files")),
+        "{failed}"
+    );
+    // Descriptors come back: the player is served, the admin plane answers.
+    drop(held);
+    server.find_message("accept_recovered").await;
+    let (status, _) = http(&mut player, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status, 200);
+    let mut admin = RoomAdminClient::connect(format!("http://127.0.0.1:{admin_port}"))
+        .await
+        .expect("the admin plane connects again");
+    admin
+        .create_room(pb::CreateRoomRequest {
+            code: "FDS2".into(),
+            host: None,
+            settings: None,
+        })
+        .await
+        .expect("the admin plane answers again");
+    server.kill().await;
+    let lines = server.stdout_lines();
+    let episodes = lines
+        .iter()
+        .filter(|l| l.contains("\"accept_failed\""))
+        .count();
+    assert_eq!(episodes, 1, "one line per episode, not per attempt");
+}
