@@ -140,24 +140,6 @@ impl Settings {
             _ => line,
         }
     }
-
-    /// Settings from an explicit list of variables, as if they were the environment.
-    pub fn from_vars(vars: &[(&'static str, &str)]) -> Settings {
-        Settings {
-            values: vars
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        *k,
-                        Given {
-                            value: (*v).to_string(),
-                            from_flag: false,
-                        },
-                    )
-                })
-                .collect(),
-        }
-    }
 }
 
 fn arg_of(s: &Setting) -> Arg {

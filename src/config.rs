@@ -170,6 +170,17 @@ pub enum Database {
     Postgres(String),
 }
 
+impl Database {
+    /// The backend's name, as OpenTelemetry's `db.system.name` spells it.
+    pub fn system_name(&self) -> &'static str {
+        match self {
+            Database::Memory => "memory",
+            Database::Sqlite(_) => "sqlite",
+            Database::Postgres(_) => "postgresql",
+        }
+    }
+}
+
 impl std::fmt::Debug for Database {
     // The URL can hold a password: show only the backend.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -569,6 +580,10 @@ fn percent_decode(text: &str) -> Option<String> {
     while i < bytes.len() {
         if bytes[i] == b'%' {
             let hex = text.get(i + 1..i + 3)?;
+            // from_str_radix would also take a sign ("%+F").
+            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
         } else {
@@ -748,11 +763,6 @@ fn read_otel(r: &mut Reader<'_>) -> Option<Otel> {
 }
 
 impl Config {
-    /// Reads the process environment.
-    pub fn from_env() -> Result<Config, Vec<String>> {
-        Config::from_lookup(&|name| std::env::var(name).ok())
-    }
-
     /// Reads settings through `get` (the environment, or a map in tests).
     pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<String>> {
         let mut r = Reader {
@@ -1079,6 +1089,14 @@ mod tests {
                 "{}",
                 s.env
             );
+        }
+    }
+
+    #[test]
+    fn percent_decoding_takes_exactly_two_hex_digits() {
+        assert_eq!(percent_decode("a%3Db").as_deref(), Some("a=b"));
+        for bad in ["%+F", "%-1", "%G0", "%4", "%"] {
+            assert_eq!(percent_decode(bad), None, "{bad}");
         }
     }
 

@@ -118,7 +118,7 @@ fn fit_connection_cap(config: &mut Config) {
 /// Connects to the configured database, applies migrations and loads every open
 /// room; rooms that cannot be restored are reported, one line each.
 pub async fn open_store(config: &Config) -> Result<Option<(Store, Loaded)>, StoreError> {
-    let span = otel::restore_span(&format!("{:?}", config.database));
+    let span = otel::restore_span(config.database.system_name());
     tracing::Instrument::instrument(open_store_in(config, &span), span.clone()).await
 }
 

@@ -101,13 +101,17 @@ async fn handle(
     let (Some(room_code), Some(event)) = (request.room_code, request.event) else {
         return error(StatusCode::BAD_REQUEST, "roomCode and event are required");
     };
-    if let Err(why) = hook::check_code(&room_code) {
+    if let Err(why) = crate::protocol::check_room_code("roomCode", &room_code) {
         return error(StatusCode::BAD_REQUEST, &why.message);
     }
     let event = match hook::decode(&room_code, event) {
         Ok(event) => event,
         Err(why) => return error(StatusCode::BAD_REQUEST, &why.message),
     };
+    // Before any room is looked up or created: a server shutting down makes none.
+    if !app.is_ready() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
+    }
     let room = if app.config.allow_client_seeded_rooms {
         // As the Node server did: an unknown room is created, empty.
         app.registry.get_or_create(&room_code, || {
@@ -122,9 +126,6 @@ async fn handle(
         Ok(room) => room,
         Err(why) => return refusal(&why),
     };
-    if !app.is_ready() {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
-    }
     match room.apply(Origin::Server, event.action).await {
         Ok(applied) => {
             let client_count = room.info().await.map(|i| i.connections).unwrap_or(0);

@@ -370,7 +370,7 @@ impl Reader {
         let span = otel::join_span(
             &join.room_code,
             &join.player_id,
-            otel::token_form(join.player_token.as_deref()),
+            join.player_token.as_deref(),
         );
         tracing::Instrument::instrument(self.join_in(join, &span), span.clone()).await
     }

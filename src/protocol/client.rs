@@ -8,7 +8,7 @@
 use super::canvas::{CanvasOp, ImagePolicy};
 use super::{
     CreationPhase, ErrorCode, GameStatus, Rejection, Timestamp, check_free_text, check_id,
-    check_room_code as check_code, check_version, limits,
+    check_present_index, check_room_code as check_code, check_version, limits,
 };
 use crate::room::Action;
 use serde::Deserialize;
@@ -316,12 +316,7 @@ pub fn decode(text: &str) -> Result<ClientMessage, Rejection> {
         "presentation_state" => {
             let m: PresentationState = fields(kind, text)?;
             check_player_fields(&m.room_code, &m.player_id)?;
-            if !(0..=limits::PRESENT_INDEX_MAX).contains(&m.present_index) {
-                return Err(invalid(format!(
-                    "presentIndex must be between 0 and {}",
-                    limits::PRESENT_INDEX_MAX
-                )));
-            }
+            check_present_index("presentIndex", m.present_index)?;
             ClientMessage::PresentationState(m)
         }
         "heartbeat" => {

@@ -7,7 +7,7 @@
 
 use super::{
     CreationPhase, ErrorCode, GameStatus, PlayerSummary, Rejection, Timestamp, check_id,
-    check_room_code, limits,
+    check_present_index, limits,
 };
 use crate::room::{Action, SettingsPatch, check_player, check_settings};
 use serde::Deserialize;
@@ -202,12 +202,7 @@ pub fn decode(room_code: &str, event: serde_json::Value) -> Result<HookEvent, Re
         }
         "presentation_state" => {
             let m: PresentationState = fields("presentation_state", event)?;
-            if !(0..=limits::PRESENT_INDEX_MAX).contains(&m.present_index) {
-                return Err(invalid(format!(
-                    "event.presentIndex must be between 0 and {}",
-                    limits::PRESENT_INDEX_MAX
-                )));
-            }
+            check_present_index("event.presentIndex", m.present_index)?;
             (
                 "presentation_state",
                 Action::Present {
@@ -222,11 +217,6 @@ pub fn decode(room_code: &str, event: serde_json::Value) -> Result<HookEvent, Re
         }
     };
     Ok(HookEvent { kind, action })
-}
-
-/// Checks the request's room code under the one rule for codes.
-pub fn check_code(room_code: &str) -> Result<(), Rejection> {
-    check_room_code("roomCode", room_code)
 }
 
 #[cfg(test)]

@@ -208,6 +208,17 @@ pub fn check_id(field: &str, value: &str, max: usize) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// The one range for a presentation's index, from a player or the broadcast hook.
+pub fn check_present_index(field: &str, index: i64) -> Result<(), Rejection> {
+    if !(0..=limits::PRESENT_INDEX_MAX).contains(&index) {
+        return Err(invalid(format!(
+            "{field} must be between 0 and {}",
+            limits::PRESENT_INDEX_MAX
+        )));
+    }
+    Ok(())
+}
+
 /// The one rule for room codes, wherever one arrives (a join, a seed, the admin
 /// plane, the broadcast hook): 1..32 of `A-Z a-z 0-9 - _`. Generated codes are 6 of
 /// these, and a code any entry point accepts can be named by every other one

@@ -343,7 +343,6 @@ impl Store {
         }))
     }
 
-    /// The statement timeout this store was opened with.
     /// The backend, as the `db.system.name` semantic convention spells it.
     pub fn backend(&self) -> &'static str {
         match self.pool {
@@ -352,6 +351,7 @@ impl Store {
         }
     }
 
+    /// The statement timeout this store was opened with.
     pub fn statement_timeout(&self) -> Duration {
         self.timeout
     }

@@ -197,7 +197,6 @@ pub struct Otel {
 /// Sets up the exporters. Must run inside the tokio runtime (the gRPC channel's
 /// worker is spawned on it). Returns the tracer for `log::init`'s layer.
 pub fn init(config: &OtelConfig) -> Result<(Otel, Option<SdkTracer>), String> {
-    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let resource = resource(config);
     let metadata = metadata(config)?;
     let runtime = tokio::runtime::Handle::try_current()
@@ -582,7 +581,8 @@ struct Exporting<E> {
 
 impl<E: SpanExporter> Exporting<E> {
     fn run(self, rx: Receiver<Queued>) {
-        let mut batch: Vec<SpanData> = Vec::with_capacity(self.batch_max);
+        // Grown as spans come: OTEL_BSP_MAX_EXPORT_BATCH_SIZE may be a million.
+        let mut batch: Vec<SpanData> = Vec::new();
         let mut due = Instant::now() + self.delay;
         // A control message a drain met behind the spans: handled next, never lost.
         let mut pending: Option<Queued> = None;
@@ -795,10 +795,11 @@ pub fn broadcast_span(room_code: &str, kind: &str, version: u64, sockets: usize)
 }
 
 /// A socket's join: filled in with `record_join` once its outcome is known.
-pub fn join_span(room_code: &str, player_id: &str, token_form: &str) -> tracing::Span {
+pub fn join_span(room_code: &str, player_id: &str, token: Option<&str>) -> tracing::Span {
     if !enabled() || !sample_root() {
         return tracing::Span::none();
     }
+    let token_form = token_form(token);
     tracing::info_span!(
         target: TARGET,
         "ws_join",
