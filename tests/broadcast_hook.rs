@@ -78,3 +78,37 @@ async fn the_hook_logs_its_successes_and_failures_under_the_node_services_names(
     let (lines, _) = proc.finish().await;
     assert!(lines.iter().all(|l| !l.to_string().contains(HOOK_SECRET)));
 }
+
+#[tokio::test]
+async fn a_body_that_never_finishes_is_answered_408_and_stalls_nobody() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut server, _, port) = server(&[("REALTIME_BROADCAST_SECRET", HOOK_SECRET)]).await;
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    slow.write_all(
+        b"POST /api/broadcast HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"roomCode\":",
+    )
+    .await
+    .expect("send the start of a body");
+    // Everyone else is served meanwhile.
+    let (status, _) = binproc::http_get(port, "/health").await;
+    assert_eq!(status, 200);
+    // The rest never comes: the hook gives up at its body timeout (10 s).
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut chunk = [0u8; 1024];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match slow.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "an answer within the body timeout");
+    let head = String::from_utf8_lossy(&answer);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    server.kill().await;
+}
