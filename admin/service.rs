@@ -38,19 +38,22 @@ impl AdminService {
 
     /// Refuses changes once shutdown has begun.
     fn ensure_serving(&self) -> Result<(), Status> {
-        if self.app.is_ready() {
+        if !self.app.is_shutting_down() {
             Ok(())
         } else {
             Err(Status::unavailable("server is shutting down"))
         }
     }
 
-    fn room(&self, field: &str, code: &str) -> Result<RoomHandle, Status> {
+    async fn room(&self, field: &str, code: &str) -> Result<RoomHandle, Status> {
         convert::room_code(field, code)?;
-        self.app
-            .registry
-            .get(code)
-            .ok_or_else(|| Status::not_found(format!("room {code} not found")))
+        self.app.registry.find(code).await.map_err(|why| {
+            if why.code == crate::protocol::ErrorCode::RoomNotFound {
+                Status::not_found(format!("room {code} not found"))
+            } else {
+                status_of(why)
+            }
+        })
     }
 
     /// Applies a server command to a room and returns the version after it.
@@ -124,7 +127,7 @@ impl RoomAdmin for AdminService {
                 for _ in 0..16 {
                     let room = Room::new(&generate_code(), players.clone(), settings.clone())
                         .map_err(status_of)?;
-                    if let Ok(handle) = self.app.registry.create(room) {
+                    if let Ok(handle) = self.app.registry.create(room).await {
                         created = Some(handle);
                         break;
                     }
@@ -132,10 +135,13 @@ impl RoomAdmin for AdminService {
                 created.ok_or_else(|| Status::unavailable("could not generate a free room code"))?
             } else {
                 let room = Room::new(&req.code, players, settings).map_err(status_of)?;
-                self.app
-                    .registry
-                    .create(room)
-                    .map_err(|why| Status::already_exists(why.message))?
+                self.app.registry.create(room).await.map_err(|why| {
+                    if why.code == crate::protocol::ErrorCode::InvalidTransition {
+                        Status::already_exists(why.message)
+                    } else {
+                        status_of(why)
+                    }
+                })?
             };
             let room = self.info(&handle).await?;
             Ok(Response::new(pb::CreateRoomResponse { room: Some(room) }))
@@ -158,7 +164,7 @@ impl RoomAdmin for AdminService {
         request: Request<pb::GetRoomRequest>,
     ) -> Result<Response<pb::GetRoomResponse>, Status> {
         let req = request.into_inner();
-        let handle = self.room("room_code", &req.room_code)?;
+        let handle = self.room("room_code", &req.room_code).await?;
         let room = self.info(&handle).await?;
         Ok(Response::new(pb::GetRoomResponse { room: Some(room) }))
     }
@@ -177,18 +183,20 @@ impl RoomAdmin for AdminService {
             convert::room_code("page_token", &req.page_token)?;
         }
         // The page token is the last code of the previous page; codes are sorted.
-        let mut codes = self.app.registry.codes();
-        codes.sort();
-        let start = codes.partition_point(|c| c.as_str() <= req.page_token.as_str());
-        let page: Vec<String> = if req.page_token.is_empty() {
-            codes.iter().take(size).cloned().collect()
-        } else {
-            codes.iter().skip(start).take(size).cloned().collect()
-        };
+        // In cluster mode the page is the whole cluster's (the store's open rooms).
+        // One more than the page tells whether there is a next one.
+        let mut page = self
+            .app
+            .registry
+            .list(&req.page_token, size + 1)
+            .await
+            .map_err(status_of)?;
+        let more = page.len() > size;
+        page.truncate(size);
         let mut rooms = Vec::with_capacity(page.len());
         for code in &page {
             // A room closed since the listing is simply skipped.
-            let Some(info) = self.app.registry.get(code) else {
+            let Ok(info) = self.app.registry.find(code).await else {
                 continue;
             };
             let Some(info) = info.info().await else {
@@ -202,9 +210,8 @@ impl RoomAdmin for AdminService {
                 version: info.snapshot.version,
             });
         }
-        let last_index = if req.page_token.is_empty() { 0 } else { start } + page.len();
         let next_page_token = match page.last() {
-            Some(last) if last_index < codes.len() => last.clone(),
+            Some(last) if more => last.clone(),
             _ => String::new(),
         };
         Ok(Response::new(pb::ListRoomsResponse {
@@ -219,7 +226,7 @@ impl RoomAdmin for AdminService {
     ) -> Result<Response<pb::UpsertPlayerResponse>, Status> {
         let req = request.into_inner();
         let result = async {
-            let handle = self.room("room_code", &req.room_code)?;
+            let handle = self.room("room_code", &req.room_code).await?;
             let player = convert::player_from_pb("player", req.player)?;
             let version = self.apply(&handle, Action::UpsertPlayer { player }).await?;
             Ok(Response::new(pb::UpsertPlayerResponse { version }))
@@ -234,7 +241,7 @@ impl RoomAdmin for AdminService {
     ) -> Result<Response<pb::RemovePlayerResponse>, Status> {
         let req = request.into_inner();
         let result = async {
-            let handle = self.room("room_code", &req.room_code)?;
+            let handle = self.room("room_code", &req.room_code).await?;
             convert::id("player_id", &req.player_id)?;
             let version = self
                 .apply(
@@ -256,7 +263,7 @@ impl RoomAdmin for AdminService {
     ) -> Result<Response<pb::MintPlayerTokenResponse>, Status> {
         let req = request.into_inner();
         let result = async {
-            let handle = self.room("room_code", &req.room_code)?;
+            let handle = self.room("room_code", &req.room_code).await?;
             convert::id("player_id", &req.player_id)?;
             let config = &self.app.config;
             let ttl = match u64::from(req.ttl_seconds) {
@@ -299,7 +306,7 @@ impl RoomAdmin for AdminService {
     ) -> Result<Response<pb::ForcePhaseResponse>, Status> {
         let req = request.into_inner();
         let result = async {
-            let handle = self.room("room_code", &req.room_code)?;
+            let handle = self.room("room_code", &req.room_code).await?;
             let status = convert::status_from_pb("status", req.status)?;
             let phase = convert::phase_from_pb("current_phase", req.current_phase)?;
             match (status, phase) {
@@ -347,7 +354,7 @@ impl RoomAdmin for AdminService {
     ) -> Result<Response<pb::UpdateSettingsResponse>, Status> {
         let req = request.into_inner();
         let result = async {
-            let handle = self.room("room_code", &req.room_code)?;
+            let handle = self.room("room_code", &req.room_code).await?;
             if req.settings.is_none() {
                 return Err(invalid("settings", "is required"));
             }
@@ -367,7 +374,7 @@ impl RoomAdmin for AdminService {
     ) -> Result<Response<pb::PublishEventResponse>, Status> {
         let req = request.into_inner();
         let result = async {
-            let handle = self.room("room_code", &req.room_code)?;
+            let handle = self.room("room_code", &req.room_code).await?;
             let action = match req.event {
                 None => {
                     return Err(invalid(
@@ -407,7 +414,7 @@ impl RoomAdmin for AdminService {
         let req = request.into_inner();
         let result = async {
             self.ensure_serving()?;
-            let handle = self.room("room_code", &req.room_code)?;
+            let handle = self.room("room_code", &req.room_code).await?;
             if req.reason.len() > CLOSE_REASON_MAX || req.reason.chars().any(char::is_control) {
                 return Err(invalid(
                     "reason",
@@ -440,7 +447,7 @@ impl RoomAdmin for AdminService {
     ) -> Result<Response<Self::WatchRoomStream>, Status> {
         let req = request.into_inner();
         self.ensure_serving()?;
-        let handle = self.room("room_code", &req.room_code)?;
+        let handle = self.room("room_code", &req.room_code).await?;
         let out: Outbox<WatchEvent> = Outbox::new(WATCH_QUEUE, WATCH_QUEUE_BYTES);
         handle
             .watch(out.clone())

@@ -165,7 +165,7 @@ async fn main() {
                 Settings::default(),
             )
             .expect("valid room");
-            handle.registry().create(room).expect("room created")
+            handle.registry().create_here(room).expect("room created")
         })
         .collect();
     let metrics = handle.app.metrics.clone();

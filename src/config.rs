@@ -102,6 +102,35 @@ pub struct Config {
     /// OpenTelemetry export (the standard `OTEL_*` variables); `None`: nothing is
     /// exported (no endpoint set, or `OTEL_SDK_DISABLED=true`).
     pub otel: Option<Otel>,
+    /// Cluster mode (`REDIS_URL` set): several nodes share rooms over Redis, with
+    /// Postgres as the shared store. `None`: one node.
+    pub cluster: Option<Cluster>,
+}
+
+/// Settings of cluster mode (docs/cluster.md).
+#[derive(Clone)]
+pub struct Cluster {
+    /// `REDIS_URL` (`redis://…` or `rediss://…`); may hold a password, never printed.
+    pub redis_url: Secret,
+    /// `NODE_ID`: this node's stable name in the cluster (default: host name plus a
+    /// random suffix). Letters, digits, `-`, `_`, `.`; at most 64.
+    pub node_id: String,
+    /// `REDIS_KEY_PREFIX`: every key and channel this cluster uses starts with it, so
+    /// several clusters (or tests) can share one Redis.
+    pub key_prefix: String,
+    /// `CLUSTER_LEASE_TTL_MS`: how long a room's lease and a node's membership live
+    /// without renewal; a dead node's rooms move after about this long.
+    pub lease_ttl: Duration,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node_id", &self.node_id)
+            .field("key_prefix", &self.key_prefix)
+            .field("lease_ttl", &self.lease_ttl)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where and how traces and metrics are exported over OTLP/gRPC.
@@ -449,6 +478,26 @@ pub const SETTINGS: &[Setting] = &[
         "image-sources",
         "where canvas images may come from: self, data, https://host[:port] [default: self,data]",
     ),
+    secret(
+        "REDIS_URL",
+        "redis-url",
+        "cluster mode: the shared Redis (redis://…); needs a postgres DATABASE_URL; unset: one node",
+    ),
+    setting(
+        "NODE_ID",
+        "node-id",
+        "this node's name in the cluster [default: host name plus a random suffix]",
+    ),
+    setting(
+        "REDIS_KEY_PREFIX",
+        "redis-key-prefix",
+        "prefix of every Redis key and channel of this cluster [default: karaoke]",
+    ),
+    setting(
+        "CLUSTER_LEASE_TTL_MS",
+        "cluster-lease-ttl-ms",
+        "lifetime of a room's lease and a node's membership without renewal [default: 5000]",
+    ),
 ];
 
 /// PEM material for the admin plane's TLS, read at start-up.
@@ -762,6 +811,71 @@ fn read_otel(r: &mut Reader<'_>) -> Option<Otel> {
     })
 }
 
+/// A node's default name: the host name (as Kubernetes sets `HOSTNAME` to the pod's
+/// name) plus a random suffix, so two processes on one host never share a name.
+fn default_node_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty() && valid_node_id(h))
+        .unwrap_or_else(|| "node".to_string());
+    let host: String = host.chars().take(48).collect();
+    format!("{host}-{:08x}", rand::random::<u32>())
+}
+
+/// Node ids name Redis keys and channels and appear in logs: a short, plain alphabet.
+fn valid_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn read_cluster(r: &mut Reader<'_>, database: &Database) -> Option<Cluster> {
+    let url = r.raw("REDIS_URL").map(|u| u.trim().to_string());
+    let node_id = r.raw("NODE_ID").map(|n| n.trim().to_string());
+    let key_prefix = r
+        .raw("REDIS_KEY_PREFIX")
+        .map(|p| p.trim().to_string())
+        .unwrap_or_else(|| "karaoke".to_string());
+    let lease_ttl = r.millis("CLUSTER_LEASE_TTL_MS", 5_000, 1_000);
+    let url = url?;
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        r.errors
+            .push("REDIS_URL: expected redis://… or rediss://…".to_string());
+        return None;
+    }
+    if !matches!(database, Database::Postgres(_)) {
+        r.errors.push(
+            "REDIS_URL: cluster mode needs a shared postgres DATABASE_URL (not sqlite or memory:)"
+                .to_string(),
+        );
+        return None;
+    }
+    if let Some(id) = &node_id
+        && !valid_node_id(id)
+    {
+        r.errors.push(format!(
+            "NODE_ID: expected 1 to 64 letters, digits, '-', '_' or '.', got {id:?}"
+        ));
+        return None;
+    }
+    if !valid_node_id(&key_prefix) {
+        r.errors.push(format!(
+            "REDIS_KEY_PREFIX: expected 1 to 64 letters, digits, '-', '_' or '.', got {key_prefix:?}"
+        ));
+        return None;
+    }
+    Some(Cluster {
+        redis_url: Secret(url.into_bytes()),
+        node_id: node_id.unwrap_or_else(default_node_id),
+        key_prefix,
+        lease_ttl,
+    })
+}
+
 impl Config {
     /// Reads settings through `get` (the environment, or a map in tests).
     pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<String>> {
@@ -931,6 +1045,7 @@ impl Config {
             }),
         };
         let otel = read_otel(&mut r);
+        let cluster = read_cluster(&mut r, &database);
         if !r.errors.is_empty() {
             return Err(r.errors);
         }
@@ -979,6 +1094,7 @@ impl Config {
             max_watchers_per_room,
             image_sources,
             otel,
+            cluster,
         })
     }
 

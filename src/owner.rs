@@ -6,6 +6,8 @@
 //! rules, serializes each resulting event once, records it in the bounded resume
 //! history, fans the frame out to the room's sockets and tells the observers.
 
+use crate::cluster::link::RemoteLink;
+use crate::cluster::{Cluster, wire};
 use crate::edge::frame::{Frame, close};
 use crate::fanout::{Publication, Relay};
 use crate::observe::{Change, Command, Observers, Origin};
@@ -90,8 +92,9 @@ pub struct RoomContext {
     /// client that reconnects after a restart finds the version it last saw.
     pub shutdown: CancellationToken,
     pub watchers: Arc<WatcherCount>,
-    /// Where publications go beyond this node's sockets (none on a single node).
-    pub relays: Arc<[Arc<dyn Relay>]>,
+    /// Cluster mode: this node's place in the cluster; publications also go to the
+    /// rooms' relays on other nodes. `None` on a single node.
+    pub cluster: Option<Arc<Cluster>>,
     /// A client-seeded room with no socket and no watcher for this long is closed.
     pub seeded_idle_ttl: Duration,
 }
@@ -100,7 +103,60 @@ pub struct RoomContext {
 pub struct Member {
     pub conn: ConnId,
     pub player_id: String,
-    pub out: Outbox,
+    pub out: Sink,
+}
+
+/// Where a member's frames go: its queue on this node, or (cluster mode) the link to
+/// the node that holds the socket.
+pub enum Sink {
+    Local(Outbox),
+    Remote(Arc<RemoteLink>),
+}
+
+impl Sink {
+    fn push(&self, conn: ConnId, frame: Frame) -> Push {
+        match self {
+            Sink::Local(out) => out.push(frame),
+            Sink::Remote(link) => {
+                link.to_conn(conn, &[frame]);
+                Push::Queued
+            }
+        }
+    }
+
+    fn push_all(&self, conn: ConnId, frames: Vec<Frame>) -> Push {
+        match self {
+            Sink::Local(out) => out.push_all(frames),
+            Sink::Remote(link) => {
+                link.to_conn(conn, &frames);
+                Push::Queued
+            }
+        }
+    }
+
+    /// Whether `count` frames of `weight` bytes fit; the relay node keeps its own
+    /// socket's bound (it closes a socket that overflows there).
+    fn has_room(&self, count: usize, weight: usize) -> bool {
+        match self {
+            Sink::Local(out) => out.has_room(count, weight),
+            Sink::Remote(_) => true,
+        }
+    }
+
+    fn close(&self, conn: ConnId, code: u16, reason: Option<&str>) {
+        match (self, reason) {
+            (Sink::Local(out), Some(reason)) => out.close_with_reason(code, reason),
+            (Sink::Local(out), None) => out.close(code),
+            (Sink::Remote(link), reason) => link.close_conn(conn, code, reason.unwrap_or("")),
+        }
+    }
+
+    fn remote(&self) -> Option<&Arc<RemoteLink>> {
+        match self {
+            Sink::Local(_) => None,
+            Sink::Remote(link) => Some(link),
+        }
+    }
 }
 
 pub enum RoomMsg {
@@ -118,7 +174,7 @@ pub enum RoomMsg {
         command: Box<Command>,
         /// Callers outside a socket (admin, tests) get the outcome here; a socket's
         /// errors go to its own outbox.
-        reply: Option<oneshot::Sender<Result<Applied, Rejection>>>,
+        reply: Option<oneshot::Sender<Result<Done, Rejection>>>,
         /// telemetry: the caller's span (an admin call), continued by the owner's
         /// span for this command; `None` when traces are not exported.
         cause: Option<Box<tracing::Span>>,
@@ -142,10 +198,43 @@ pub enum RoomMsg {
         reason: String,
         reply: oneshot::Sender<RoomSnapshot>,
     },
+    /// Cluster mode: a message from another node for this room's owner.
+    Remote(Box<wire::Message>),
+    /// Cluster mode: stop serving the room here without closing it (lost, fenced,
+    /// handed over): every socket and relay is told `code`, then the owner ends.
+    /// With `checkpoint`, the room's state is offered to the store first.
+    Stop {
+        code: u16,
+        reason: &'static str,
+        checkpoint: bool,
+        reply: Option<oneshot::Sender<()>>,
+    },
+    /// Cluster mode: a node left; its sockets and relay of this room are gone.
+    NodeGone { node: String },
+    /// Cluster mode, a relay's own: a message from the room's owner.
+    Relayed(Box<wire::Message>),
+    /// Cluster mode, a relay's own: the owner refused a socket it had sent on.
+    AttachRefused { conn: ConnId },
+}
+
+/// What a change made, as a caller outside the room sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Done {
+    /// The room's version after the change.
+    pub version: u64,
+}
+
+/// How an owner ended, which decides what becomes of its code here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Closed, expired or crashed: the code is retired.
+    Ended,
+    /// Cluster mode: the room lives on with another owner.
+    Moved,
 }
 
 /// A room's state as the admin plane reports it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RoomInfo {
     pub snapshot: RoomSnapshot,
     pub settings: crate::room::Settings,
@@ -164,6 +253,17 @@ fn gone() -> Rejection {
 }
 
 impl RoomHandle {
+    /// A handle on a task that speaks for a room (cluster mode's relays).
+    pub(crate) fn new(code: Arc<str>, tx: mpsc::Sender<RoomMsg>) -> RoomHandle {
+        RoomHandle { code, tx }
+    }
+
+    /// Hands the room's task a message without waiting; false if its queue is full
+    /// or it is gone (cluster mode's inbox must never wait on one room).
+    pub(crate) fn offer(&self, msg: RoomMsg) -> bool {
+        self.tx.try_send(msg).is_ok()
+    }
+
     pub fn code(&self) -> &str {
         &self.code
     }
@@ -199,7 +299,7 @@ impl RoomHandle {
     }
 
     /// Applies a command and waits for its outcome.
-    pub async fn apply(&self, origin: Origin, action: Action) -> Result<Applied, Rejection> {
+    pub async fn apply(&self, origin: Origin, action: Action) -> Result<Done, Rejection> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(RoomMsg::Command {
@@ -246,6 +346,20 @@ impl RoomHandle {
         self.tx.is_closed()
     }
 
+    /// Cluster mode: stops serving the room here (see `RoomMsg::Stop`), and waits.
+    pub async fn stop(&self, code: u16, reason: &'static str, checkpoint: bool) {
+        let (reply, rx) = oneshot::channel();
+        let msg = RoomMsg::Stop {
+            code,
+            reason,
+            checkpoint,
+            reply: Some(reply),
+        };
+        if self.tx.send(msg).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// Closes the room; returns its final snapshot, or `None` if it was already gone.
     pub async fn close(&self, reason: String) -> Option<RoomSnapshot> {
         let (reply, rx) = oneshot::channel();
@@ -273,7 +387,7 @@ pub fn spawn(
     room: Room,
     ctx: Arc<RoomContext>,
     provenance: Provenance,
-    on_exit: impl FnOnce() + Send + 'static,
+    on_exit: impl FnOnce(Exit) + Send + 'static,
 ) -> RoomHandle {
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let code: Arc<str> = room.code().into();
@@ -293,11 +407,13 @@ pub fn spawn(
         history_bytes: 0,
         hello_cache: None,
         timer_retry: None,
+        links: Vec::new(),
+        moved: false,
         ctx,
     };
     tokio::spawn(async move {
-        owner.run(rx).await;
-        on_exit();
+        let exit = owner.run(rx).await;
+        on_exit(exit);
     });
     RoomHandle { code, tx }
 }
@@ -358,11 +474,15 @@ struct Owner {
     idle_since: Instant,
     /// When the running phase's timer fires, computed once per change.
     deadline: Option<Instant>,
+    /// Cluster mode: the relays of this room on other nodes, one per node.
+    links: Vec<Arc<RemoteLink>>,
+    /// Cluster mode: the owner stopped because the room moved to another node.
+    moved: bool,
     ctx: Arc<RoomContext>,
 }
 
 impl Owner {
-    async fn run(mut self, mut rx: mpsc::Receiver<RoomMsg>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<RoomMsg>) -> Exit {
         self.ctx.metrics.rooms_live.fetch_add(1, Ordering::Relaxed);
         let mut heartbeat = tokio::time::interval_at(
             Instant::now() + self.ctx.heartbeat_interval,
@@ -410,6 +530,7 @@ impl Owner {
             }
         }
         self.ctx.metrics.rooms_live.fetch_sub(1, Ordering::Relaxed);
+        if self.moved { Exit::Moved } else { Exit::Ended }
     }
 
     fn step(&mut self, wake: Wake) -> Flow {
@@ -455,10 +576,13 @@ impl Owner {
             "room_owner_panicked"
         );
         for m in self.members.drain(..) {
-            m.out.close(close::INTERNAL_ERROR);
+            m.out.close(m.conn, close::INTERNAL_ERROR, None);
         }
         for w in self.watchers.drain(..) {
             w.out.close(close::INTERNAL_ERROR);
+        }
+        for link in self.links.drain(..) {
+            link.gone(close::INTERNAL_ERROR, "room failed");
         }
     }
 
@@ -544,6 +668,160 @@ impl Owner {
                 let _ = reply.send(self.room.snapshot().clone());
                 return Flow::Stop;
             }
+            RoomMsg::Remote(message) => return self.remote(*message),
+            RoomMsg::Stop {
+                code,
+                reason,
+                checkpoint,
+                reply,
+            } => {
+                self.stop_serving(code, reason, checkpoint);
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
+                }
+                return Flow::Stop;
+            }
+            RoomMsg::NodeGone { node } => self.node_gone(&node),
+            // A relay's own messages never reach an owner.
+            RoomMsg::Relayed(_) | RoomMsg::AttachRefused { .. } => {}
+        }
+        Flow::Continue
+    }
+
+    /// Cluster mode: the room moves to another node. Sockets here and on relays are
+    /// closed with `code` (1012: reconnect, and resume wherever you land).
+    fn stop_serving(&mut self, code: u16, reason: &str, checkpoint: bool) {
+        if checkpoint {
+            self.checkpoint(false);
+        }
+        for m in self.members.drain(..) {
+            if m.out.remote().is_none() {
+                m.out.close(m.conn, code, Some(reason));
+            }
+        }
+        for w in self.watchers.drain(..) {
+            w.out.close(code);
+        }
+        for link in self.links.drain(..) {
+            link.gone(code, reason);
+        }
+        self.moved = true;
+        tracing::warn!(roomCode = %self.room.code(), version = self.room.version(), epoch = self.room.epoch, reason, "room_released");
+    }
+
+    /// A node left the cluster: its sockets leave the room, its relay is dropped.
+    fn node_gone(&mut self, node: &str) {
+        let conns: Vec<ConnId> = self
+            .members
+            .iter()
+            .filter(|m| m.out.remote().is_some_and(|l| &*l.node == node))
+            .map(|m| m.conn)
+            .collect();
+        for conn in conns {
+            self.detach(conn);
+        }
+        self.links.retain(|l| &*l.node != node);
+    }
+
+    /// The link to `node`'s relay with id `id`, made if there is none. A relay with
+    /// a new id replaced the old one there, whose sockets are gone with it.
+    fn link(&mut self, node: &str, id: u64) -> Option<Arc<RemoteLink>> {
+        let cluster = self.ctx.cluster.clone()?;
+        if let Some(link) = self.links.iter().find(|l| &*l.node == node && l.id == id) {
+            return Some(link.clone());
+        }
+        if self.links.iter().any(|l| &*l.node == node) {
+            self.node_gone(node);
+        }
+        let link = RemoteLink::new(cluster, node.into(), id, self.code.clone(), self.room.epoch);
+        self.links.push(link.clone());
+        Some(link)
+    }
+
+    /// Cluster mode: a message from another node for this room.
+    fn remote(&mut self, message: wire::Message) -> Flow {
+        let Some(cluster) = self.ctx.cluster.clone() else {
+            return Flow::Continue;
+        };
+        use wire::{Answer, Message};
+        match message {
+            Message::Attach {
+                from,
+                call,
+                link,
+                conn,
+                player_id,
+                last_version,
+                ..
+            } => {
+                let result = match self.link(&from, link) {
+                    Some(link) => self.attach(
+                        Member {
+                            conn,
+                            player_id,
+                            out: Sink::Remote(link),
+                        },
+                        last_version,
+                    ),
+                    None => Err(gone()),
+                };
+                cluster.answer(&from, call, Answer::Attached { result });
+            }
+            Message::Detach { conn, .. } => self.detach(conn),
+            Message::Command {
+                from,
+                call,
+                origin,
+                action,
+                ..
+            } => {
+                let result = self.command_result(origin, action, call.is_none());
+                if let Some(call) = call {
+                    let result = result.map(|applied| applied.version);
+                    cluster.answer(&from, call, Answer::Applied { result });
+                }
+            }
+            Message::Info { from, call, .. } => {
+                let info = wire::RemoteInfo {
+                    snapshot: self.room.snapshot().clone(),
+                    settings: self.room.settings.clone(),
+                    connections: self.members.len(),
+                };
+                cluster.answer(&from, call, Answer::Info { info });
+            }
+            Message::Close {
+                from, call, reason, ..
+            } => {
+                self.close(&reason);
+                let snapshot = self.room.snapshot().clone();
+                cluster.answer(&from, call, Answer::Closed { snapshot });
+                return Flow::Stop;
+            }
+            Message::Link {
+                from, call, link, ..
+            } => {
+                let result = match self.link(&from, link) {
+                    Some(link) => {
+                        link.state(self.room.version(), &self.room_state_frame());
+                        Ok(())
+                    }
+                    None => Err(gone()),
+                };
+                cluster.answer(&from, call, Answer::Linked { result });
+            }
+            Message::Unlink { from, link, .. } => {
+                if self.links.iter().any(|l| *l.node == *from && l.id == link) {
+                    self.node_gone(&from);
+                }
+            }
+            Message::Create { from, call, .. } => {
+                let why = Rejection::new(
+                    ErrorCode::InvalidTransition,
+                    format!("room {} already exists", self.code),
+                );
+                cluster.answer(&from, call, Answer::Created { result: Err(why) });
+            }
+            Message::Relay { .. } | Message::Answer { .. } | Message::Ping { .. } => {}
         }
         Flow::Continue
     }
@@ -601,10 +879,15 @@ impl Owner {
     fn close(&mut self, reason: &str) {
         self.checkpoint(true);
         for m in self.members.drain(..) {
-            m.out.close_with_reason(close::ROOM_CLOSED, reason);
+            if m.out.remote().is_none() {
+                m.out.close(m.conn, close::ROOM_CLOSED, Some(reason));
+            }
         }
         for w in self.watchers.drain(..) {
             w.out.close(close::ROOM_CLOSED);
+        }
+        for link in self.links.drain(..) {
+            link.gone(close::ROOM_CLOSED, reason);
         }
         tracing::info!(roomCode = %self.room.code(), version = self.room.version(), "room_closed");
     }
@@ -698,12 +981,7 @@ impl Owner {
     /// holds all of them and they fit the socket's queue together. Returns whether it
     /// did (`recovered`); if not, the snapshot in `hello_ack` is the truth.
     fn send_hello(&mut self, conn: ConnId, last_version: Option<u64>) -> bool {
-        let Some(out) = self
-            .members
-            .iter()
-            .find(|m| m.conn == conn)
-            .map(|m| m.out.clone())
-        else {
+        let Some(at) = self.members.iter().position(|m| m.conn == conn) else {
             return false;
         };
         let version = self.room.version();
@@ -723,6 +1001,7 @@ impl Owner {
             _ => None,
         };
         let mut frame = self.hello_frame(missed.is_some());
+        let out = &self.members[at].out;
         if let Some(events) = &missed {
             let weight = frame.len() + events.iter().map(Frame::len).sum::<usize>();
             if !out.has_room(events.len() + 1, weight) {
@@ -734,7 +1013,7 @@ impl Owner {
         let recovered = missed.is_some();
         let mut frames = vec![frame];
         frames.extend(missed.into_iter().flatten());
-        if out.push_all(frames) == Push::Overflowed {
+        if self.members[at].out.push_all(conn, frames) == Push::Overflowed {
             Metrics::inc(&self.ctx.metrics.counters.slow_consumer_closes_total);
         }
         recovered
@@ -778,9 +1057,25 @@ impl Owner {
     fn command(
         &mut self,
         origin: Origin,
-        mut action: Action,
-        reply: Option<oneshot::Sender<Result<Applied, Rejection>>>,
+        action: Action,
+        reply: Option<oneshot::Sender<Result<Done, Rejection>>>,
     ) {
+        let result = self.command_result(origin, action, reply.is_none());
+        if let Some(reply) = reply {
+            let _ = reply.send(result.map(|applied| Done {
+                version: applied.version,
+            }));
+        }
+    }
+
+    /// Applies a command; with `answer_socket`, a socket's refusal is answered on
+    /// that socket (a caller waiting for the outcome gets it instead).
+    fn command_result(
+        &mut self,
+        origin: Origin,
+        mut action: Action,
+        answer_socket: bool,
+    ) -> Result<Applied, Rejection> {
         if let Action::UpsertPlayer { player } = &mut action {
             // A token may have joined before the backend added the player.
             player.connected = self.members.iter().any(|m| m.player_id == player.id);
@@ -795,26 +1090,21 @@ impl Owner {
             self.members.retain(|m| {
                 let removed = &m.player_id == player_id;
                 if removed {
-                    m.out.close(close::REMOVED);
+                    m.out.close(m.conn, close::REMOVED, None);
                 }
                 !removed
             });
         }
-        match (reply, &origin, result) {
-            (Some(reply), _, result) => {
-                let _ = reply.send(result);
+        if let (true, Origin::Socket { conn, .. }, Err(why)) = (answer_socket, &origin, &result) {
+            let frame = Frame::json(&ServerMessage::Error {
+                code: why.code,
+                message: &why.message,
+            });
+            if let Some(m) = self.members.iter().find(|m| m.conn == *conn) {
+                m.out.push(*conn, frame);
             }
-            (None, Origin::Socket { conn, .. }, Err(why)) => {
-                let frame = Frame::json(&ServerMessage::Error {
-                    code: why.code,
-                    message: &why.message,
-                });
-                if let Some(m) = self.members.iter().find(|m| m.conn == *conn) {
-                    m.out.push(frame);
-                }
-            }
-            _ => {}
         }
+        result
     }
 
     /// The one place a room changes: admit, apply, publish, observe.
@@ -926,8 +1216,8 @@ impl Owner {
             self.watchers
                 .retain(|w| w.out.push(event.clone()) == Push::Queued);
         }
-        for relay in self.ctx.relays.iter() {
-            relay.publish(publication);
+        for link in &self.links {
+            link.publish(publication);
         }
     }
 
@@ -945,10 +1235,14 @@ impl Owner {
 
     fn broadcast(&self, frame: &Frame, except: Option<ConnId>) {
         for m in &self.members {
+            // Another node's sockets get the publication through its relay.
+            let Sink::Local(out) = &m.out else {
+                continue;
+            };
             if Some(m.conn) == except {
                 continue;
             }
-            if m.out.push(frame.clone()) == Push::Overflowed {
+            if out.push(frame.clone()) == Push::Overflowed {
                 Metrics::inc(&self.ctx.metrics.counters.slow_consumer_closes_total);
                 tracing::warn!(roomCode = %self.room.code(), playerId = %m.player_id, "slow_consumer_closed");
             }

@@ -5,11 +5,17 @@
 //! ends for any reason (closed, expired, crashed) removes its own entry, so the map
 //! never holds a handle to a room that is gone.
 
-use crate::owner::{self, Provenance, RoomContext, RoomHandle};
+use crate::cluster::wire::{Answer, Message};
+use crate::cluster::{Cluster, proxy};
+use crate::owner::{self, Exit, Provenance, RoomContext, RoomHandle, RoomMsg};
 use crate::protocol::{ErrorCode, Rejection};
 use crate::room::Room;
+use crate::store::writer::Persistence;
+use crate::store::{Batch, SnapshotRow, Store, Stored};
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
 
 #[derive(Default)]
 struct Rooms {
@@ -24,12 +30,57 @@ struct Rooms {
 struct Entry {
     handle: RoomHandle,
     seeded: bool,
+    /// Cluster mode: a relay of a room another node owns (not counted as ours).
+    relay: bool,
+    /// Cluster mode: the owner epoch this node holds the room under (0 for a relay).
+    epoch: u64,
 }
 
 pub struct Registry {
     rooms: Arc<RwLock<Rooms>>,
     ctx: Arc<RoomContext>,
     max_seeded: usize,
+    /// Cluster mode's parts; `None` on a single node.
+    cluster: Option<ClusterParts>,
+}
+
+/// What cluster mode adds: the cluster, the store rooms are taken over from, the
+/// persistence queue (drained before a lease is given up), and one lock per room
+/// being taken over, so that one node takes a room once.
+pub struct ClusterParts {
+    pub cluster: Arc<Cluster>,
+    pub store: Store,
+    pub persistence: Arc<Persistence>,
+    takeovers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Set at SIGTERM: this node takes no room any more.
+    handing_over: AtomicBool,
+}
+
+impl ClusterParts {
+    pub fn new(cluster: Arc<Cluster>, store: Store, persistence: Arc<Persistence>) -> Self {
+        ClusterParts {
+            cluster,
+            store,
+            persistence,
+            takeovers: Mutex::new(HashMap::new()),
+            handing_over: AtomicBool::new(false),
+        }
+    }
+}
+
+/// The outcome of trying to take a room over.
+enum Takeover {
+    Taken(RoomHandle),
+    /// Another live node holds the lease.
+    HeldBy(String),
+}
+
+fn unavailable(why: impl std::fmt::Display) -> Rejection {
+    Rejection::new(ErrorCode::Unavailable, why.to_string())
+}
+
+fn not_found() -> Rejection {
+    Rejection::new(ErrorCode::RoomNotFound, "room does not exist")
 }
 
 impl Registry {
@@ -48,11 +99,35 @@ impl Registry {
             })),
             ctx,
             max_seeded,
+            cluster: None,
         }
     }
 
+    /// Cluster mode: rooms are taken over from `parts.store` on demand.
+    pub fn with_cluster(mut self, parts: ClusterParts) -> Registry {
+        self.cluster = Some(parts);
+        self
+    }
+
+    pub fn cluster(&self) -> Option<&ClusterParts> {
+        self.cluster.as_ref()
+    }
+
     pub fn get(&self, code: &str) -> Option<RoomHandle> {
-        read(&self.rooms).live.get(code).map(|e| e.handle.clone())
+        read(&self.rooms)
+            .live
+            .get(code)
+            .filter(|e| !e.handle.is_gone())
+            .map(|e| e.handle.clone())
+    }
+
+    /// The room's owner here, if this node owns it (not a relay).
+    fn owned(&self, code: &str) -> Option<RoomHandle> {
+        read(&self.rooms)
+            .live
+            .get(code)
+            .filter(|e| !e.relay && !e.handle.is_gone())
+            .map(|e| e.handle.clone())
     }
 
     fn taken(rooms: &Rooms, code: &str) -> Option<Rejection> {
@@ -75,10 +150,11 @@ impl Registry {
     fn start(&self, rooms: &mut Rooms, room: Room, provenance: Provenance) -> RoomHandle {
         let code = room.code().to_string();
         let seeded = provenance == Provenance::Seeded;
+        let epoch = room.epoch;
         let on_exit = {
             let rooms = Arc::downgrade(&self.rooms);
             let code = code.clone();
-            move || forget(&rooms, &code)
+            move |exit| forget(&rooms, &code, exit)
         };
         let handle = owner::spawn(room, self.ctx.clone(), provenance, on_exit);
         rooms.retired.remove(&code);
@@ -88,13 +164,28 @@ impl Registry {
             Entry {
                 handle: handle.clone(),
                 seeded,
+                relay: false,
+                epoch,
             },
         );
         handle
     }
 
-    /// Starts an owner for a new room. A taken or retired code is refused.
-    pub fn create(&self, room: Room) -> Result<RoomHandle, Rejection> {
+    /// Starts an owner for a new room (in cluster mode, on the node its code
+    /// prefers). A taken or retired code is refused.
+    pub async fn create(&self, room: Room) -> Result<RoomHandle, Rejection> {
+        match &self.cluster {
+            None => self.create_here(room),
+            Some(_) => self.create_in_cluster(room, Provenance::Server).await,
+        }
+    }
+
+    /// Starts an owner for a new room on this node, now (embedding and tests; cluster
+    /// mode refuses it, a room there needs its lease and epoch: use `create`).
+    pub fn create_here(&self, room: Room) -> Result<RoomHandle, Rejection> {
+        if self.cluster.is_some() {
+            return Err(unavailable("cluster mode creates rooms with Registry::create"));
+        }
         let mut rooms = write(&self.rooms);
         if let Some(why) = Self::taken(&rooms, room.code()) {
             return Err(why);
@@ -107,14 +198,55 @@ impl Registry {
         self.start(&mut write(&self.rooms), room, Provenance::Restored)
     }
 
+    /// The room with `code`: here, or (cluster mode) wherever it is owned, taken
+    /// over from the store if nobody owns it. `room_not_found` if there is none.
+    pub async fn find(&self, code: &str) -> Result<RoomHandle, Rejection> {
+        if let Some(handle) = self.get(code) {
+            return Ok(handle);
+        }
+        let Some(parts) = &self.cluster else {
+            return Err(not_found());
+        };
+        if read(&self.rooms).retired.contains(code) {
+            return Err(Rejection::new(ErrorCode::RoomNotFound, "room was closed"));
+        }
+        let cluster = &parts.cluster;
+        let holder = cluster.holder(code).await.map_err(unavailable)?;
+        let target = match holder {
+            Some(node) if cluster.live().contains(&node) => node,
+            _ => cluster.preferred(code),
+        };
+        if target != *cluster.node {
+            return Ok(self.relay(parts, code, target));
+        }
+        match self.take_over(code, None).await? {
+            Takeover::Taken(handle) => Ok(handle),
+            Takeover::HeldBy(node) => Ok(self.relay(parts, code, node)),
+        }
+    }
+
     /// The room with `code`, or one made by `seed` if there is none. The existing
     /// room always wins over the seed; a retired code is `room_not_found`, and past
     /// `max_seeded` live seeded rooms a new seed is `unavailable`.
-    pub fn get_or_create(
+    pub async fn get_or_create(
         &self,
         code: &str,
         seed: impl FnOnce() -> Result<Room, Rejection>,
     ) -> Result<RoomHandle, Rejection> {
+        if self.cluster.is_some() {
+            match self.find(code).await {
+                // Only a room that never existed is made from a seed (a closed one's
+                // code is never reused).
+                Err(why) if why == not_found() => {}
+                other => return other,
+            }
+            let room = seed()?;
+            return match self.create_in_cluster(room, Provenance::Seeded).await {
+                // Made meanwhile by another joiner: theirs wins, as on one node.
+                Err(why) if why.code == ErrorCode::InvalidTransition => self.find(code).await,
+                other => other,
+            };
+        }
         if let Some(handle) = self.get(code) {
             return Ok(handle);
         }
@@ -161,20 +293,57 @@ impl Registry {
         Some(entry.handle)
     }
 
+    /// Rooms this node owns.
     pub fn len(&self) -> usize {
-        read(&self.rooms).live.len()
+        read(&self.rooms).live.values().filter(|e| !e.relay).count()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Codes of the rooms this node owns.
     pub fn codes(&self) -> Vec<String> {
-        read(&self.rooms).live.keys().cloned().collect()
+        read(&self.rooms)
+            .live
+            .iter()
+            .filter(|(_, e)| !e.relay)
+            .map(|(code, _)| code.clone())
+            .collect()
     }
 
-    /// Handles of every live room (for shutdown's final checkpoints).
+    /// One page of open room codes, sorted, after `after`: this node's rooms, or in
+    /// cluster mode every open room the store holds.
+    pub async fn list(&self, after: &str, size: usize) -> Result<Vec<String>, Rejection> {
+        if let Some(parts) = &self.cluster {
+            return parts
+                .store
+                .open_rooms(after, size)
+                .await
+                .map_err(unavailable);
+        }
+        let mut codes = self.codes();
+        codes.sort();
+        Ok(codes
+            .into_iter()
+            .filter(|c| after.is_empty() || c.as_str() > after)
+            .take(size)
+            .collect())
+    }
+
+    /// Handles of every room this node owns (for shutdown's final checkpoints).
     pub fn handles(&self) -> Vec<RoomHandle> {
+        read(&self.rooms)
+            .live
+            .values()
+            .filter(|e| !e.relay)
+            .map(|e| e.handle.clone())
+            .collect()
+    }
+
+    /// Every live entry, owners and relays (cluster mode tells each of a node that
+    /// left).
+    fn all(&self) -> Vec<RoomHandle> {
         read(&self.rooms)
             .live
             .values()
@@ -183,9 +352,429 @@ impl Registry {
     }
 }
 
+// ---------------------------------------------------------------------------------
+// Cluster mode
+// ---------------------------------------------------------------------------------
+
+impl Registry {
+    /// A relay of `code` towards `owner`, started if there is none here.
+    fn relay(&self, parts: &ClusterParts, code: &str, owner: String) -> RoomHandle {
+        let mut rooms = write(&self.rooms);
+        if let Some(entry) = rooms.live.get(code)
+            && !entry.handle.is_gone()
+        {
+            return entry.handle.clone();
+        }
+        let on_exit = {
+            let rooms = Arc::downgrade(&self.rooms);
+            let code = code.to_string();
+            move || forget(&rooms, &code, Exit::Moved)
+        };
+        let handle = proxy::spawn(
+            code,
+            owner,
+            parts.cluster.clone(),
+            self.ctx.watchers.clone(),
+            on_exit,
+        );
+        rooms.live.insert(
+            code.to_string(),
+            Entry {
+                handle: handle.clone(),
+                seeded: false,
+                relay: true,
+                epoch: 0,
+            },
+        );
+        handle
+    }
+
+    /// Cluster mode: a new room, made on the node its code prefers.
+    async fn create_in_cluster(
+        &self,
+        room: Room,
+        provenance: Provenance,
+    ) -> Result<RoomHandle, Rejection> {
+        let Some(parts) = &self.cluster else {
+            return self.create_here(room);
+        };
+        let code = room.code().to_string();
+        if let Some(why) = Self::taken(&read(&self.rooms), &code) {
+            return Err(why);
+        }
+        let target = parts.cluster.preferred(&code);
+        if target == *parts.cluster.node {
+            return match self.take_over(&code, Some((room, provenance))).await? {
+                Takeover::Taken(handle) => Ok(handle),
+                Takeover::HeldBy(_) => Err(exists(&code)),
+            };
+        }
+        let stored = Box::new(room.to_stored(false));
+        let from = parts.cluster.node.to_string();
+        let answer = parts
+            .cluster
+            .call(&target, |call| Message::Create {
+                room: code.clone(),
+                from,
+                call,
+                stored,
+                seeded: provenance == Provenance::Seeded,
+            })
+            .await?;
+        match answer {
+            Answer::Created { result: Ok(()) } => Ok(self.relay(parts, &code, target)),
+            Answer::Created { result: Err(why) } | Answer::Refused { why } => Err(why),
+            _ => Err(unavailable("unexpected answer")),
+        }
+    }
+
+    fn takeover_lock(&self, parts: &ClusterParts, code: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = parts.takeovers.lock().unwrap_or_else(|e| e.into_inner());
+        // Locks of takeovers that finished go (nobody else holds them).
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        locks.entry(code.to_string()).or_default().clone()
+    }
+
+    /// Takes `code` over for this node: its lease, then (for a room the store holds)
+    /// a new owner epoch in Postgres, the room as the store has it after that, and a
+    /// version past anything the previous owner may have published unsaved, saved
+    /// before anyone sees it. With `create`, a room the store has never held is made.
+    async fn take_over(
+        &self,
+        code: &str,
+        create: Option<(Room, Provenance)>,
+    ) -> Result<Takeover, Rejection> {
+        let Some(parts) = &self.cluster else {
+            return Err(not_found());
+        };
+        if parts.handing_over.load(Ordering::Acquire) {
+            return Err(unavailable("this node is handing its rooms over; try again"));
+        }
+        let lock = self.takeover_lock(parts, code);
+        let _one_at_a_time = lock.lock().await;
+        if let Some(handle) = self.owned(code) {
+            return match create {
+                Some(_) => Err(exists(code)),
+                None => Ok(Takeover::Taken(handle)),
+            };
+        }
+        let cluster = &parts.cluster;
+        let holder = cluster.acquire(code).await.map_err(unavailable)?;
+        if holder != *cluster.node {
+            return Ok(Takeover::HeldBy(holder));
+        }
+        let refuse = |why: Rejection| async move {
+            cluster.release(code).await;
+            Err(why)
+        };
+        let stored = match parts.store.load_room(code).await {
+            Ok(stored) => stored,
+            Err(e) => return refuse(unavailable(e)).await,
+        };
+        let (mut room, provenance) = match (stored, create) {
+            (Stored::Absent, Some((room, provenance))) => (room, provenance),
+            (Stored::Absent, None) => return refuse(not_found()).await,
+            (Stored::Closed, _) => {
+                write(&self.rooms).retired.insert(code.to_string());
+                return refuse(Rejection::new(ErrorCode::RoomNotFound, "room was closed")).await;
+            }
+            (Stored::Failed(reason), _) => {
+                tracing::error!(roomCode = %code, reason = %reason, "room_restore_failed");
+                return refuse(unavailable("the room cannot be restored")).await;
+            }
+            (Stored::Open(_), Some((_, Provenance::Server))) => {
+                return refuse(exists(code)).await;
+            }
+            (Stored::Open(room), _) => (*room, Provenance::Restored),
+        };
+        let epoch = match parts.store.raise_epoch(code, &cluster.node).await {
+            Ok(epoch) => epoch,
+            Err(e) => return refuse(unavailable(e)).await,
+        };
+        if provenance == Provenance::Restored {
+            // Read again under the new epoch: every write of the previous owner has
+            // landed or will be refused from now on.
+            room = match parts.store.load_room(code).await {
+                Ok(Stored::Open(room)) => *room,
+                Ok(_) | Err(_) => return refuse(unavailable("the room changed while taken over")).await,
+            };
+            let stored_at = room.version();
+            room.skip_to(stored_at.saturating_add(cluster.version_jump));
+            room.epoch = epoch;
+            if let Err(why) = save_jump(&parts.store, &room).await {
+                return refuse(why).await;
+            }
+            tracing::info!(roomCode = %code, epoch, storedVersion = stored_at, version = room.version(), "room_taken_over");
+            crate::telemetry::Metrics::inc(&cluster.metrics.counters.cluster_takeovers_total);
+        } else {
+            room.epoch = epoch;
+            tracing::info!(roomCode = %code, epoch, "room_created_here");
+        }
+        let mut rooms = write(&self.rooms);
+        // A relay of this room here gives way to the owner.
+        if let Some(entry) = rooms.live.remove(code) {
+            entry.handle.offer(RoomMsg::Stop {
+                code: crate::edge::frame::close::RESTART,
+                reason: "the room moved to this node",
+                checkpoint: false,
+                reply: None,
+            });
+        }
+        Ok(Takeover::Taken(self.start(&mut rooms, room, provenance)))
+    }
+
+    /// Handles a message from another node: a relay's for its relay here, an owner's
+    /// for the owner (taking the room over if nobody owns it). Never waits on a room.
+    pub fn dispatch(self: &Arc<Self>, message: Message) {
+        let Some(parts) = &self.cluster else {
+            return;
+        };
+        if let Message::Relay { room, .. } = &message {
+            if let Some(handle) = self.get(room) {
+                // A full relay queue loses the message; its link then shows a gap.
+                handle.offer(RoomMsg::Relayed(Box::new(message)));
+            }
+            return;
+        }
+        let Some(code) = message.owner_room().map(str::to_string) else {
+            return;
+        };
+        let caller = message.caller().map(|(node, call)| (node.to_string(), call));
+        let cluster = parts.cluster.clone();
+        if let Message::Create {
+            stored, seeded, ..
+        } = message
+        {
+            let registry = self.clone();
+            tokio::spawn(async move {
+                let result = match Room::from_stored(*stored) {
+                    Ok(room) => {
+                        let provenance = if seeded { Provenance::Seeded } else { Provenance::Server };
+                        match registry.take_over(&code, Some((room, provenance))).await {
+                            Ok(Takeover::Taken(_)) => Ok(()),
+                            Ok(Takeover::HeldBy(_)) => Err(exists(&code)),
+                            Err(why) => Err(why),
+                        }
+                    }
+                    Err(why) => Err(why),
+                };
+                if let Some((node, call)) = caller {
+                    cluster.answer(&node, call, Answer::Created { result });
+                }
+            });
+            return;
+        }
+        if let Some(handle) = self.owned(&code) {
+            if !handle.offer(RoomMsg::Remote(Box::new(message)))
+                && let Some((node, call)) = caller
+            {
+                cluster.answer(&node, call, Answer::Refused { why: unavailable("the room is busy; try again") });
+            }
+            return;
+        }
+        // Leaving messages for a room nobody here owns need no takeover.
+        if matches!(message, Message::Detach { .. } | Message::Unlink { .. }) {
+            return;
+        }
+        let registry = self.clone();
+        tokio::spawn(async move {
+            let why = match registry.take_over(&code, None).await {
+                Ok(Takeover::Taken(handle)) => {
+                    if handle.offer(RoomMsg::Remote(Box::new(message))) {
+                        return;
+                    }
+                    unavailable("the room is busy; try again")
+                }
+                Ok(Takeover::HeldBy(node)) => {
+                    unavailable(format!("the room is served by node {node}; try again"))
+                }
+                Err(why) => why,
+            };
+            if let Some((node, call)) = caller {
+                cluster.answer(&node, call, Answer::Refused { why });
+            }
+        });
+    }
+
+    /// Stops the owner of a room that this node lost (another node's epoch or lease).
+    pub fn lost(&self, code: &str, why: &'static str) {
+        if let Some(handle) = self.owned(code) {
+            crate::telemetry::Metrics::inc(&self.ctx.metrics.counters.cluster_rooms_lost_total);
+            handle.offer(RoomMsg::Stop {
+                code: crate::edge::frame::close::RESTART,
+                reason: why,
+                checkpoint: false,
+                reply: None,
+            });
+        }
+    }
+
+    /// The owned rooms and the epoch of each.
+    fn owned_epochs(&self) -> Vec<(String, u64)> {
+        read(&self.rooms)
+            .live
+            .iter()
+            .filter(|(_, e)| !e.relay)
+            .map(|(code, e)| (code.clone(), e.epoch))
+            .collect()
+    }
+
+    /// Gives up rooms: each stops (checkpointed, sockets closed with 1012), what is
+    /// queued reaches the store (bounded by `wait`), then the leases go, so the next
+    /// owner takes the rooms at once.
+    pub async fn hand_over(&self, codes: &[String], wait: Duration) {
+        let Some(parts) = &self.cluster else {
+            return;
+        };
+        for code in codes {
+            if let Some(handle) = self.owned(code) {
+                handle.stop(crate::edge::frame::close::RESTART, "handover", true).await;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        while parts.persistence.depth() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for code in codes {
+            parts.cluster.release(code).await;
+        }
+        tracing::info!(rooms = codes.len(), "rooms_handed_over");
+    }
+
+    /// SIGTERM in cluster mode: no more takeovers here, and every room handed over.
+    pub async fn hand_over_all(&self, wait: Duration) {
+        let Some(parts) = &self.cluster else {
+            return;
+        };
+        parts.handing_over.store(true, Ordering::Release);
+        let codes = self.codes();
+        self.hand_over(&codes, wait).await;
+        parts.cluster.leave().await;
+    }
+}
+
+fn exists(code: &str) -> Rejection {
+    Rejection::new(
+        ErrorCode::InvalidTransition,
+        format!("room {code} already exists"),
+    )
+}
+
+/// The snapshot a takeover writes at its new version, under its new epoch, before the
+/// room serves anyone: restoring from the store after that starts past the skip.
+async fn save_jump(store: &Store, room: &Room) -> Result<(), Rejection> {
+    let stored = room.to_stored_apart(false);
+    let canvases = stored.canvas_versions.clone();
+    let snapshot = serde_json::to_string(&stored).map_err(unavailable)?;
+    let row = SnapshotRow {
+        room_code: room.code().to_string(),
+        version: room.version(),
+        snapshot,
+        captured_at: time::OffsetDateTime::now_utc(),
+        canvases,
+        closed: false,
+        epoch: room.epoch,
+    };
+    let batch = Batch {
+        snapshots: vec![&row],
+        ..Batch::default()
+    };
+    store.write(&batch).await.map_err(unavailable)
+}
+
+/// Cluster mode's upkeep, every third of the lease TTL: renew the leases of the rooms
+/// owned here (stopping those another node has), and when Redis cannot be asked,
+/// ask Postgres whether each room's epoch is still ours. When a node leaves: its
+/// sockets leave the rooms here, and the rooms it owned that prefer this node are
+/// taken over now, not when a client comes back. When a node joins: the rooms that
+/// now prefer it are handed over to it.
+pub async fn upkeep(registry: Weak<Registry>, stop: tokio_util::sync::CancellationToken) {
+    let Some((cluster, store)) = registry
+        .upgrade()
+        .and_then(|r| r.cluster.as_ref().map(|p| (p.cluster.clone(), p.store.clone())))
+    else {
+        return;
+    };
+    let mut tick = tokio::time::interval(cluster.lease_ttl / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut live = cluster.watch_live();
+    let mut known = live.borrow().clone();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {
+                let Some(registry) = registry.upgrade() else { return };
+                let owned = registry.owned_epochs();
+                if owned.is_empty() {
+                    continue;
+                }
+                let codes: Vec<String> = owned.iter().map(|(c, _)| c.clone()).collect();
+                match cluster.renew(&codes).await {
+                    Ok(lost) => {
+                        for code in lost {
+                            tracing::warn!(roomCode = %code, "room_lease_lost");
+                            registry.lost(&code, "lost its lease");
+                        }
+                    }
+                    Err(_) => match store.epochs(&codes).await {
+                        Ok(current) => {
+                            for (code, epoch) in &owned {
+                                if current.get(code).is_some_and(|now| now != epoch) {
+                                    tracing::warn!(roomCode = %code, epoch, "room_epoch_moved");
+                                    registry.lost(code, "another node took the room over");
+                                }
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "room_epochs_unreadable"),
+                    },
+                }
+            }
+            changed = live.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now = live.borrow_and_update().clone();
+                let Some(registry) = registry.upgrade() else { return };
+                for gone in known.difference(&now) {
+                    for handle in registry.all() {
+                        handle.offer(RoomMsg::NodeGone { node: gone.clone() });
+                    }
+                    match store.rooms_owned_by(gone).await {
+                        Ok(codes) => {
+                            for code in codes {
+                                if cluster.preferred(&code) == *cluster.node {
+                                    let registry = registry.clone();
+                                    tokio::spawn(async move {
+                                        let _ = registry.take_over(&code, None).await;
+                                    });
+                                }
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "owned_rooms_unreadable"),
+                    }
+                }
+                if now.difference(&known).next().is_some() {
+                    let moving: Vec<String> = registry
+                        .codes()
+                        .into_iter()
+                        .filter(|code| cluster.preferred(code) != *cluster.node)
+                        .collect();
+                    if !moving.is_empty() {
+                        let registry = registry.clone();
+                        tokio::spawn(async move {
+                            registry.hand_over(&moving, Duration::from_secs(5)).await;
+                        });
+                    }
+                }
+                known = now;
+            }
+        }
+    }
+}
+
 /// Run by an owner as its task ends: its room leaves the map and its code is retired
 /// (a room that was closed, expired or crashed keeps its history under its code).
-fn forget(rooms: &Weak<RwLock<Rooms>>, code: &str) {
+fn forget(rooms: &Weak<RwLock<Rooms>>, code: &str, exit: Exit) {
     let Some(rooms) = rooms.upgrade() else {
         return;
     };
@@ -200,7 +789,10 @@ fn forget(rooms: &Weak<RwLock<Rooms>>, code: &str) {
         if let Some(entry) = rooms.live.remove(code) {
             rooms.seeded -= usize::from(entry.seeded);
         }
-        rooms.retired.insert(code.to_string());
+        // A room that moved to another node lives on: its code is not retired here.
+        if exit == Exit::Ended {
+            rooms.retired.insert(code.to_string());
+        }
     }
 }
 

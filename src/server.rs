@@ -6,7 +6,8 @@ use crate::edge::admission::{AddressLimiter, ConnectionLimits};
 use crate::observe::{Observer, Telemetry};
 use crate::owner::RoomContext;
 use crate::owner::WatcherCount;
-use crate::registry::Registry;
+use crate::cluster::Cluster;
+use crate::registry::{ClusterParts, Registry};
 use crate::store::writer::{self, WriterConfig, WriterHandle};
 use crate::store::{Loaded, Store, StoreError};
 use crate::telemetry::{Metrics, metrics, otel};
@@ -20,7 +21,7 @@ use tokio_util::task::TaskTracker;
 pub struct App {
     pub config: Config,
     pub metrics: Arc<Metrics>,
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
     pub keys: TokenKeys,
     /// Open connections on the players' port, in all and per address.
     pub limits: Arc<ConnectionLimits>,
@@ -36,8 +37,26 @@ pub struct App {
 }
 
 impl App {
+    /// Ready to serve: not shutting down, and in cluster mode in touch with Redis
+    /// (its own inbox probe came back lately).
     pub fn is_ready(&self) -> bool {
-        !self.shutdown.is_cancelled()
+        self.not_ready_because().is_none()
+    }
+
+    /// Shutdown has begun: new work is refused.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
+    /// Why `/readyz` says 503, if it does.
+    pub fn not_ready_because(&self) -> Option<&'static str> {
+        if self.shutdown.is_cancelled() {
+            return Some("shutting down");
+        }
+        match self.registry.cluster() {
+            Some(parts) if !parts.cluster.is_ready() => Some("cluster unreachable"),
+            _ => None,
+        }
     }
 }
 
@@ -56,6 +75,8 @@ pub struct ServerHandle {
     admin_stop: CancellationToken,
     /// The persistence writer, flushed at shutdown (`None` with `memory:`).
     writer: Option<WriterHandle>,
+    /// Cluster mode: stops membership and lease upkeep, last.
+    cluster_stop: Option<CancellationToken>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +87,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("admin plane TLS: {0}")]
     AdminTls(#[from] tonic::transport::Error),
+    #[error("cluster mode: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// Binds both ports, opens the store (migrations, restored rooms), starts serving.
@@ -83,7 +106,31 @@ pub async fn start_with(
     fit_connection_cap(&mut config);
     let (listener, admin_listener) = bind(&config).await?;
     let store = open_store(&config).await?;
-    Ok(serve(listener, admin_listener, config, store, observers))
+    let stop_cluster = CancellationToken::new();
+    let cluster = match &config.cluster {
+        Some(settings) => {
+            let metrics = Arc::new(Metrics::default());
+            let (cluster, inbox) =
+                Cluster::start(&config, settings, metrics.clone(), stop_cluster.clone()).await?;
+            Some(ClusterStart {
+                cluster,
+                inbox,
+                metrics,
+                stop: stop_cluster,
+            })
+        }
+        None => None,
+    };
+    Ok(serve(listener, admin_listener, config, store, observers, cluster))
+}
+
+/// Cluster mode's parts made before serving: the cluster, its inbox, the metrics it
+/// already counts into (the node's own), and what stops its loops.
+pub struct ClusterStart {
+    cluster: Arc<Cluster>,
+    inbox: tokio::sync::mpsc::UnboundedReceiver<crate::cluster::wire::Message>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
 }
 
 /// File descriptors kept free of player connections: up to 64 refused connections
@@ -132,6 +179,12 @@ async fn open_store_in(
         return Ok(None);
     };
     store.migrate().await?;
+    if config.cluster.is_some() {
+        // Cluster mode takes rooms over one at a time, on demand and as nodes leave:
+        // the store is the truth for every node, none loads it all.
+        tracing::info!(backend = ?config.database, "rooms_taken_over_on_demand");
+        return Ok(Some((store, Loaded::default())));
+    }
     let loaded = store.load().await?;
     for failure in &loaded.failures {
         tracing::error!(
@@ -185,25 +238,44 @@ pub fn serve(
     config: Config,
     store: Option<(Store, Loaded)>,
     extra_observers: Vec<Arc<dyn Observer>>,
+    cluster: Option<ClusterStart>,
 ) -> ServerHandle {
-    let metrics = Arc::new(Metrics::default());
+    let metrics = cluster
+        .as_ref()
+        .map(|c| c.metrics.clone())
+        .unwrap_or_default();
     // The OTLP metrics read these very counters (no-op unless exported).
     otel::observe(&metrics);
     let shutdown = CancellationToken::new();
     let mut observers: Vec<Arc<dyn Observer>> = vec![Arc::new(Telemetry(metrics.clone()))];
+    // Cluster mode: the writer tells the registry of rooms another node has fenced.
+    let fenced: Arc<std::sync::OnceLock<std::sync::Weak<Registry>>> = Arc::default();
+    let mut parts = None;
     let (writer, loaded) = match store {
         Some((store, loaded)) => {
+            let on_fenced = cluster.as_ref().map(|_| {
+                let fenced = fenced.clone();
+                Box::new(move |code: &str, _epoch: u64| {
+                    if let Some(registry) = fenced.get().and_then(|r| r.upgrade()) {
+                        registry.lost(code, "another node took the room over");
+                    }
+                }) as writer::OnFenced
+            });
             let (persistence, writer) = writer::start(
-                store,
+                store.clone(),
                 WriterConfig {
                     limit: config.persist_queue_limit,
                     queue_bytes: config.persist_queue_bytes,
                     batch_max: config.persist_batch_max,
                     batch_bytes: config.persist_batch_bytes,
                     flush_interval: config.persist_flush_interval,
+                    on_fenced,
                 },
                 metrics.clone(),
             );
+            if let Some(c) = &cluster {
+                parts = Some(ClusterParts::new(c.cluster.clone(), store, persistence.clone()));
+            }
             observers.push(persistence);
             (Some(writer), loaded)
         }
@@ -227,11 +299,31 @@ pub fn serve(
             max_per_room: config.max_watchers_per_room,
         }),
         seeded_idle_ttl: config.seeded_room_idle_ttl,
-        relays: Arc::new([]),
+        cluster: cluster.as_ref().map(|c| c.cluster.clone()),
     });
-    let registry = Registry::new(ctx, loaded.known_codes, config.max_seeded_rooms);
+    let mut registry = Registry::new(ctx, loaded.known_codes, config.max_seeded_rooms);
+    if let Some(parts) = parts {
+        registry = registry.with_cluster(parts);
+    }
+    let registry = Arc::new(registry);
     for room in loaded.rooms {
         registry.restore(room);
+    }
+    let mut cluster_stop = None;
+    if let Some(ClusterStart {
+        mut inbox, stop, ..
+    }) = cluster
+    {
+        let _ = fenced.set(Arc::downgrade(&registry));
+        tokio::spawn(crate::registry::upkeep(Arc::downgrade(&registry), stop.clone()));
+        let weak = Arc::downgrade(&registry);
+        tokio::spawn(async move {
+            while let Some(message) = inbox.recv().await {
+                let Some(registry) = weak.upgrade() else { break };
+                registry.dispatch(message);
+            }
+        });
+        cluster_stop = Some(stop);
     }
     let app = Arc::new(App {
         keys: TokenKeys::new(&config.shared_secret.0, config.token_ttl_max_secs),
@@ -301,6 +393,7 @@ pub fn serve(
         admin_health,
         admin_stop,
         writer,
+        cluster_stop,
     }
 }
 
@@ -320,6 +413,12 @@ impl ServerHandle {
     async fn shutdown_in(self, span: &tracing::Span) {
         tracing::info!("shutdown_started");
         crate::admin::set_not_serving(&self.admin_health).await;
+        // Cluster mode: every room goes to its next owner now, saved first, so that
+        // nobody waits for a lease to expire.
+        self.app
+            .registry
+            .hand_over_all(self.app.config.shutdown_grace)
+            .await;
         self.app.shutdown.cancel();
         self.app.tasks.close();
         let drained = tokio::time::timeout(self.app.config.shutdown_grace, self.app.tasks.wait())
@@ -342,6 +441,9 @@ impl ServerHandle {
         crate::admin::end_health_watches(&self.admin_health).await;
         self.admin_stop.cancel();
         let _ = self.admin.await;
+        if let Some(stop) = &self.cluster_stop {
+            stop.cancel();
+        }
         span.record("karaoke.shutdown.drained", drained);
         tracing::info!(drained, "shutdown_complete");
     }

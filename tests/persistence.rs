@@ -1105,7 +1105,7 @@ async fn a_closed_room_is_stored_closed_and_not_restored() {
     assert_eq!(reply["code"], "room_not_found", "{reply}");
     let room = Room::new(closed, vec![player("host", 0, true)], Default::default()).unwrap();
     assert!(
-        s.handle.registry().create(room).is_err(),
+        s.handle.registry().create_here(room).is_err(),
         "the code is retired"
     );
     s.handle.shutdown().await;
@@ -1519,7 +1519,7 @@ async fn refused_rows_are_set_aside(backend: Backend) {
     assert!(s.handle.registry().get("POISON").is_none());
     let room = Room::new("POISON", vec![player("host", 0, true)], Default::default()).unwrap();
     assert!(
-        s.handle.registry().create(room).is_err(),
+        s.handle.registry().create_here(room).is_err(),
         "a code with dead letters is never handed out again"
     );
     s.handle.shutdown().await;

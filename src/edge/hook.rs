@@ -109,18 +109,24 @@ async fn handle(
         Err(why) => return error(StatusCode::BAD_REQUEST, &why.message),
     };
     // Before any room is looked up or created: a server shutting down makes none.
-    if !app.is_ready() {
+    if app.is_shutting_down() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
     }
     let room = if app.config.allow_client_seeded_rooms {
         // As the Node server did: an unknown room is created, empty.
-        app.registry.get_or_create(&room_code, || {
-            Room::new(&room_code, Vec::new(), Default::default())
-        })
+        app.registry
+            .get_or_create(&room_code, || {
+                Room::new(&room_code, Vec::new(), Default::default())
+            })
+            .await
     } else {
         app.registry
-            .get(&room_code)
-            .ok_or_else(|| Rejection::new(ErrorCode::RoomNotFound, "room_not_found"))
+            .find(&room_code)
+            .await
+            .map_err(|why| match why.code {
+                ErrorCode::RoomNotFound => Rejection::new(ErrorCode::RoomNotFound, "room_not_found"),
+                _ => why,
+            })
     };
     let room = match room {
         Ok(room) => room,

@@ -171,8 +171,10 @@ async fn route(
     let hook_secret = app.config.broadcast_secret.clone();
     match (req.method(), req.uri().path(), hook_secret) {
         (_, "/health", _) => text(StatusCode::OK, "ok"),
-        (_, "/readyz", _) if app.is_ready() => text(StatusCode::OK, "ready"),
-        (_, "/readyz", _) => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+        (_, "/readyz", _) => match app.not_ready_because() {
+            None => text(StatusCode::OK, "ready"),
+            Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
+        },
         (&hyper::Method::POST, "/api/broadcast", Some(secret)) => {
             hook::broadcast(req, app, ip, &secret.0).await
         }
@@ -203,7 +205,7 @@ fn upgrade(
     ip: IpAddr,
     slot: &Mutex<Option<ConnectionSlot>>,
 ) -> Response<Body> {
-    if !app.is_ready() {
+    if app.is_shutting_down() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     }
     let version_ok = req

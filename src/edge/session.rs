@@ -17,7 +17,7 @@ use super::rate::{RateLimiter, Verdict};
 use crate::auth::{TokenError, now_secs};
 use crate::observe::{Origin, count_outcome, counter_family};
 use crate::outbox::Outbox;
-use crate::owner::{ConnId, Member, RoomHandle};
+use crate::owner::{ConnId, Member, RoomHandle, Sink};
 use crate::protocol::client::{ClientMessage, JoinRoom, decode};
 use crate::protocol::server::ServerMessage;
 use crate::protocol::{ErrorCode, Rejection, RoomSnapshot};
@@ -427,7 +427,8 @@ impl Reader {
             ) {
                 (Some(seed), true) => {
                     let (app, peer) = (&self.app, self.peer);
-                    app.registry.get_or_create(&join.room_code, || {
+                    app.registry
+                        .get_or_create(&join.room_code, || {
                         if !app.seed_limiter.allow(peer, Instant::now()) {
                             return Err(Rejection::new(
                                 ErrorCode::RateLimited,
@@ -441,16 +442,15 @@ impl Reader {
                             )
                         })?;
                         Room::from_seed(&join.room_code, &seed)
-                    })?
+                    })
+                    .await?
                 }
-                _ => self.app.registry.get(&join.room_code).ok_or_else(|| {
-                    Rejection::new(ErrorCode::RoomNotFound, "room does not exist")
-                })?,
+                _ => self.app.registry.find(&join.room_code).await?,
             };
         let member = Member {
             conn: self.conn,
             player_id: join.player_id.clone(),
-            out: self.out.clone(),
+            out: Sink::Local(self.out.clone()),
         };
         if let Err(why) = room.attach(member, join.last_version).await {
             // Re-joining the same room as another player first left as the old one:

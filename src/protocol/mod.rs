@@ -43,7 +43,7 @@ impl ErrorCode {
 }
 
 /// An error code together with the human-readable message sent beside it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rejection {
     pub code: ErrorCode,
     pub message: String,

@@ -145,6 +145,19 @@ impl ServerMessage<'_> {
         }
     }
 
+    /// The wire type named `kind`, as the static name `kind()` gives (cluster mode
+    /// receives it as text from another node); `None` for a name no message has.
+    pub fn kind_named(kind: &str) -> Option<&'static str> {
+        [
+            "hello_ack", "room_state", "player_joined", "player_left", "ready_update",
+            "phase_changed", "status_changed", "presentation_state", "canvas_delta",
+            "big_idea_submitted", "settings_changed", "brief_updated", "content_submitted",
+            "heartbeat", "error",
+        ]
+        .into_iter()
+        .find(|k| *k == kind)
+    }
+
     /// Serializes to the text of one WebSocket frame.
     pub fn to_text(&self) -> String {
         // Serializing these plain structs cannot fail (no maps with non-string keys,

@@ -301,6 +301,9 @@ pub struct Room {
     pub brief_id: Option<String>,
     /// `snapshot.phase_start_time`, parsed once when it was set.
     phase_start: Option<OffsetDateTime>,
+    /// Cluster mode: the owner epoch this node holds the room under, stamped on
+    /// every row it stores (0 on a single node: nothing is fenced). Not room state.
+    pub epoch: u64,
 }
 
 impl Room {
@@ -328,6 +331,7 @@ impl Room {
             big_ideas: BTreeMap::new(),
             brief_id: None,
             phase_start: None,
+            epoch: 0,
         };
         room.set_players(players)?;
         Ok(room)
@@ -477,6 +481,15 @@ impl Room {
 
     pub fn version(&self) -> u64 {
         self.snapshot.version
+    }
+
+    /// Moves the version forward to `version` without a change (cluster mode's
+    /// takeover starts past every version the previous owner may have published
+    /// unsaved). Never backwards, never past the versions a client may hold.
+    pub fn skip_to(&mut self, version: u64) {
+        if version > self.snapshot.version && version <= limits::MAX_VERSION {
+            self.snapshot.version = version;
+        }
     }
 
     pub fn snapshot(&self) -> &RoomSnapshot {

@@ -74,6 +74,11 @@ pub enum WriteError {
     /// retries a smaller part first, in case the batch was too big for it).
     #[error("the database did not answer within {} ms", .0.as_millis())]
     TimedOut(Duration),
+    /// Cluster mode: these (room, epoch) pairs are stale, another node has taken the
+    /// rooms over since; nothing of the batch was written. Their rows must go, and
+    /// their owners must stop serving the rooms.
+    #[error("fenced: a newer owner holds {}", .0.iter().map(|(r, e)| format!("{r}@{e}")).collect::<Vec<_>>().join(", "))]
+    Fenced(Vec<(String, u64)>),
 }
 
 impl WriteError {
@@ -88,7 +93,7 @@ impl WriteError {
 
     /// Whether the call failed to complete (so its connection is not to be reused).
     pub fn is_failure(&self) -> bool {
-        !matches!(self, WriteError::Refused(_))
+        !matches!(self, WriteError::Refused(_) | WriteError::Fenced(_))
     }
 }
 
@@ -136,6 +141,9 @@ pub struct EventRow {
     /// telemetry: the trace of the change this row stores (sampled spans only), so
     /// the batch that writes it joins that trace; `None` when traces are off.
     pub trace: Option<Box<opentelemetry::trace::SpanContext>>,
+    /// The owner epoch it was made under (cluster mode); 0 on a single node, where
+    /// nothing is fenced.
+    pub epoch: u64,
 }
 
 /// One row of `room_canvases`: one canvas's elements (`ops`, JSON text) at `version`,
@@ -147,6 +155,8 @@ pub struct CanvasRow {
     pub version: u64,
     pub ops: String,
     pub captured_at: OffsetDateTime,
+    /// See `EventRow::epoch`.
+    pub epoch: u64,
 }
 
 /// One row of `room_snapshots`. `snapshot` is JSON text (a `StoredRoom`).
@@ -160,6 +170,8 @@ pub struct SnapshotRow {
     pub canvases: BTreeMap<String, u64>,
     /// The room's final snapshot (closed through the admin plane).
     pub closed: bool,
+    /// See `EventRow::epoch`.
+    pub epoch: u64,
 }
 
 /// Rows written together: all of them, or (on any error) none.
@@ -171,6 +183,21 @@ pub struct Batch<'a> {
 }
 
 impl Batch<'_> {
+    /// The (room, epoch) pairs the batch's rows were made under, in cluster mode.
+    fn fences(&self) -> Vec<(&str, u64)> {
+        let events = self.events.iter().map(|e| (e.room_code.as_str(), e.epoch));
+        let canvases = self.canvases.iter().map(|c| (c.room_code.as_str(), c.epoch));
+        let snapshots = self.snapshots.iter().map(|s| (s.room_code.as_str(), s.epoch));
+        let mut fences: Vec<(&str, u64)> = events
+            .chain(canvases)
+            .chain(snapshots)
+            .filter(|(_, epoch)| *epoch > 0)
+            .collect();
+        fences.sort_unstable();
+        fences.dedup();
+        fences
+    }
+
     pub fn len(&self) -> usize {
         self.events.len() + self.canvases.len() + self.snapshots.len()
     }
@@ -211,6 +238,19 @@ pub struct RestoreFailure {
     pub room_code: String,
     pub version: u64,
     pub reason: String,
+}
+
+/// One room as the store holds it (cluster mode's takeover).
+#[derive(Debug)]
+pub enum Stored {
+    /// Open, at its latest persisted version.
+    Open(Box<Room>),
+    /// Closed: its code is never reused.
+    Closed,
+    /// The store has never held it.
+    Absent,
+    /// It has rows but cannot be restored (the reason, as at start-up).
+    Failed(String),
 }
 
 /// What start-up loads from the store.
@@ -426,70 +466,18 @@ impl Store {
         for (code, version, json) in latest {
             loaded.known_codes.push(code.clone());
             let version = u64::try_from(version).unwrap_or(0);
-            let fail = |reason: String| RestoreFailure {
-                room_code: code.clone(),
-                version,
-                reason,
-            };
-            let stored: StoredRoom = match serde_json::from_str(&json) {
-                Ok(s) => s,
-                Err(e) => {
-                    loaded
-                        .failures
-                        .push(fail(format!("snapshot is not a room: {e}")));
-                    continue;
-                }
-            };
-            if stored.closed {
-                continue;
+            match self
+                .restore_row(&code, version, &json, dead_events.get(&code))
+                .await?
+            {
+                Ok(Some(room)) => loaded.rooms.push(room),
+                Ok(None) => {}
+                Err(reason) => loaded.failures.push(RestoreFailure {
+                    room_code: code.clone(),
+                    version,
+                    reason,
+                }),
             }
-            let stored = match self.with_canvases(&code, version, stored).await? {
-                Ok(stored) => stored,
-                Err(reason) => {
-                    loaded.failures.push(fail(reason));
-                    continue;
-                }
-            };
-            let mut room = match Room::from_stored(stored) {
-                Ok(room) => room,
-                Err(why) => {
-                    loaded
-                        .failures
-                        .push(fail(format!("snapshot is invalid: {}", why.message)));
-                    continue;
-                }
-            };
-            if room.code() != code || room.version() != version {
-                loaded.failures.push(fail(format!(
-                    "snapshot row says {code}@{version} but holds {}@{}",
-                    room.code(),
-                    room.version()
-                )));
-                continue;
-            }
-            if let Err(reason) = self.replay(&mut room).await? {
-                loaded.failures.push(fail(reason));
-                continue;
-            }
-            // A refused event past where the log ends: restoring the room here would
-            // silently drop changes its players saw. Its rows stay for an operator.
-            let refused = dead_events.get(&code).and_then(|versions| {
-                versions
-                    .iter()
-                    .copied()
-                    .filter(|v| *v > room.version())
-                    .min()
-            });
-            if let Some(refused) = refused {
-                loaded.failures.push(fail(format!(
-                    "event {refused} was refused by the database and is in \
-                     persist_dead_letters; the log ends at version {}",
-                    room.version()
-                )));
-                continue;
-            }
-            room.clear_presence();
-            loaded.rooms.push(room);
         }
         // A room whose first snapshot was refused has no snapshot row, but its code
         // has rows (dead letters) all the same.
@@ -498,6 +486,192 @@ impl Store {
         loaded.known_codes = known.into_iter().collect();
         loaded.known_codes.sort();
         Ok(loaded)
+    }
+
+    /// One room from its latest snapshot row and the events after it: `Ok(None)` if
+    /// it was closed; the inner error is why it cannot be restored.
+    async fn restore_row(
+        &self,
+        code: &str,
+        version: u64,
+        json: &str,
+        dead_events: Option<&Vec<u64>>,
+    ) -> Result<Result<Option<Room>, String>, StoreError> {
+        let stored: StoredRoom = match serde_json::from_str(json) {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(format!("snapshot is not a room: {e}"))),
+        };
+        if stored.closed {
+            return Ok(Ok(None));
+        }
+        let stored = match self.with_canvases(code, version, stored).await? {
+            Ok(stored) => stored,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        let mut room = match Room::from_stored(stored) {
+            Ok(room) => room,
+            Err(why) => return Ok(Err(format!("snapshot is invalid: {}", why.message))),
+        };
+        if room.code() != code || room.version() != version {
+            return Ok(Err(format!(
+                "snapshot row says {code}@{version} but holds {}@{}",
+                room.code(),
+                room.version()
+            )));
+        }
+        if let Err(reason) = self.replay(&mut room).await? {
+            return Ok(Err(reason));
+        }
+        // A refused event past where the log ends: restoring the room here would
+        // silently drop changes its players saw. Its rows stay for an operator.
+        let refused = dead_events
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|v| *v > room.version())
+            .min();
+        if let Some(refused) = refused {
+            return Ok(Err(format!(
+                "event {refused} was refused by the database and is in \
+                 persist_dead_letters; the log ends at version {}",
+                room.version()
+            )));
+        }
+        room.clear_presence();
+        Ok(Ok(Some(room)))
+    }
+
+    /// One room as the store holds it now (cluster mode takes rooms over one at a
+    /// time). Postgres only: cluster mode needs it.
+    pub async fn load_room(&self, code: &str) -> Result<Stored, StoreError> {
+        let Pool::Postgres(pool) = &self.pool else {
+            return Ok(Stored::Absent);
+        };
+        let latest: Option<(i64, String)> = self
+            .read(
+                "latest snapshot",
+                sqlx::query_as(
+                    "SELECT version, snapshot::text FROM room_snapshots \
+                     WHERE room_code = $1 ORDER BY version DESC LIMIT 1",
+                )
+                .bind(code)
+                .fetch_optional(pool),
+            )
+            .await?;
+        let dead: Vec<(Option<i64>,)> = self
+            .read(
+                "dead letters",
+                sqlx::query_as(
+                    "SELECT CASE WHEN kind = 'event' THEN version END \
+                     FROM persist_dead_letters WHERE room_code = $1",
+                )
+                .bind(code)
+                .fetch_all(pool),
+            )
+            .await?;
+        let Some((version, json)) = latest else {
+            // Rows without a snapshot (its first one was refused): the code is taken.
+            return Ok(if dead.is_empty() {
+                Stored::Absent
+            } else {
+                Stored::Failed("its first snapshot was refused (persist_dead_letters)".into())
+            });
+        };
+        let version = u64::try_from(version).unwrap_or(0);
+        let dead: Vec<u64> = dead
+            .into_iter()
+            .filter_map(|(v,)| v.and_then(|v| u64::try_from(v).ok()))
+            .collect();
+        Ok(
+            match self.restore_row(code, version, &json, Some(&dead)).await? {
+                Ok(Some(room)) => Stored::Open(Box::new(room)),
+                Ok(None) => Stored::Closed,
+                Err(reason) => Stored::Failed(reason),
+            },
+        )
+    }
+
+    /// Cluster mode: makes `node` the owner of `code` under a new epoch, higher than
+    /// any before it, and returns it. Waits for writes of the previous owner that are
+    /// in flight (they hold the row `FOR SHARE`); every later one is refused.
+    pub async fn raise_epoch(&self, code: &str, node: &str) -> Result<u64, StoreError> {
+        let Pool::Postgres(pool) = &self.pool else {
+            return Ok(0);
+        };
+        let (epoch,): (i64,) = self
+            .read(
+                "owner epoch",
+                sqlx::query_as(
+                    "INSERT INTO room_owners (room_code, epoch, node_id) VALUES ($1, 1, $2) \
+                     ON CONFLICT (room_code) DO UPDATE \
+                     SET epoch = room_owners.epoch + 1, node_id = EXCLUDED.node_id, since = now() \
+                     RETURNING epoch",
+                )
+                .bind(code)
+                .bind(node)
+                .fetch_one(pool),
+            )
+            .await?;
+        Ok(u64::try_from(epoch).unwrap_or(0))
+    }
+
+    /// Cluster mode: the owner epoch of each of `codes` the store has one for.
+    pub async fn epochs(&self, codes: &[String]) -> Result<HashMap<String, u64>, StoreError> {
+        let Pool::Postgres(pool) = &self.pool else {
+            return Ok(HashMap::new());
+        };
+        let rows: Vec<(String, i64)> = self
+            .read(
+                "owner epochs",
+                sqlx::query_as("SELECT room_code, epoch FROM room_owners WHERE room_code = ANY($1)")
+                    .bind(codes)
+                    .fetch_all(pool),
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(c, e)| (c, u64::try_from(e).unwrap_or(0)))
+            .collect())
+    }
+
+    /// Cluster mode: the rooms the store records as owned by `node` (a node that is
+    /// gone leaves these for the live ones to take over).
+    pub async fn rooms_owned_by(&self, node: &str) -> Result<Vec<String>, StoreError> {
+        let Pool::Postgres(pool) = &self.pool else {
+            return Ok(Vec::new());
+        };
+        let rows: Vec<(String,)> = self
+            .read(
+                "owned rooms",
+                sqlx::query_as("SELECT room_code FROM room_owners WHERE node_id = $1")
+                    .bind(node)
+                    .fetch_all(pool),
+            )
+            .await?;
+        Ok(rows.into_iter().map(|(c,)| c).collect())
+    }
+
+    /// Cluster mode: the codes of every open room (latest snapshot not closed), in
+    /// order, from `after` on, at most `limit` (the whole cluster's `ListRooms`).
+    pub async fn open_rooms(&self, after: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+        let Pool::Postgres(pool) = &self.pool else {
+            return Ok(Vec::new());
+        };
+        let rows: Vec<(String,)> = self
+            .read(
+                "open rooms",
+                sqlx::query_as(
+                    "SELECT room_code FROM (SELECT DISTINCT ON (room_code) room_code, snapshot \
+                     FROM room_snapshots WHERE room_code > $1 ORDER BY room_code, version DESC) s \
+                     WHERE NOT COALESCE((snapshot->>'closed')::boolean, false) \
+                     ORDER BY room_code LIMIT $2",
+                )
+                .bind(after)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(pool),
+            )
+            .await?;
+        Ok(rows.into_iter().map(|(c,)| c).collect())
     }
 
     /// Room code → versions of its refused events (every code with a dead letter of
@@ -675,7 +849,9 @@ impl Store {
                     .map(|(adlob, v)| (s.room_code.as_str(), adlob.as_str(), to_i64(*v)))
             })
             .collect();
+        let fences = batch.fences();
         let rows = Rows {
+            fences: &fences,
             events: &batch.events,
             canvases: &canvases,
             snapshots: &snapshots,
@@ -773,8 +949,9 @@ impl Store {
             );
         }
         // One statement is atomic by itself: a batch of events alone (the common
-        // case) costs one round trip, not three.
-        if statements.len() == 1 {
+        // case) costs one round trip, not three. A fenced batch needs its check and
+        // its rows in one transaction.
+        if statements.len() == 1 && rows.fences.is_empty() {
             if let Some(statement) = statements.pop() {
                 self.bounded(statement.execute(&mut *conn)).await?;
             }
@@ -784,6 +961,33 @@ impl Store {
             .bounded(conn.begin())
             .await
             .map_err(WriteError::not_refused)?;
+        if !rows.fences.is_empty() {
+            // FOR SHARE: a takeover's epoch raise (an UPDATE of the same row) waits
+            // for this transaction, and this one sees any raise committed before it.
+            let current: Vec<(String, i64)> = self
+                .bounded(
+                    sqlx::query_as(
+                        "SELECT room_code, epoch FROM room_owners \
+                         WHERE room_code = ANY($1) FOR SHARE",
+                    )
+                    .bind(rows.fences.iter().map(|(r, _)| *r).collect::<Vec<_>>())
+                    .fetch_all(&mut *tx),
+                )
+                .await
+                .map_err(WriteError::not_refused)?;
+            let current: HashMap<&str, i64> =
+                current.iter().map(|(r, e)| (r.as_str(), *e)).collect();
+            let stale: Vec<(String, u64)> = rows
+                .fences
+                .iter()
+                .filter(|(room, epoch)| current.get(room) != Some(&to_i64(*epoch)))
+                .map(|(room, epoch)| (room.to_string(), *epoch))
+                .collect();
+            if !stale.is_empty() {
+                let _ = self.bounded(tx.rollback()).await;
+                return Err(WriteError::Fenced(stale));
+            }
+        }
         for statement in statements {
             self.bounded(statement.execute(&mut *tx)).await?;
         }
@@ -913,6 +1117,8 @@ impl Store {
 
 /// A batch's rows as the write statements take them.
 struct Rows<'b, 'a> {
+    /// (room, epoch) pairs to check before writing (cluster mode; Postgres only).
+    fences: &'b [(&'a str, u64)],
     events: &'b [&'a EventRow],
     canvases: &'b [&'a CanvasRow],
     snapshots: &'b [&'a SnapshotRow],

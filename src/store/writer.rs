@@ -229,6 +229,7 @@ impl Persistence {
                     version: canvas.version,
                     ops,
                     captured_at,
+                    epoch: room.epoch,
                 }),
                 Err(e) => {
                     // Plain data always serializes; if it ever does not, say so loudly.
@@ -280,6 +281,7 @@ impl Observer for Persistence {
             payload,
             created_at: change.at,
             trace: crate::telemetry::otel::current_link(), // telemetry
+            epoch: room.epoch,
         }));
     }
 
@@ -303,6 +305,7 @@ impl Observer for Persistence {
                     captured_at: OffsetDateTime::now_utc(),
                     canvases: canvas_versions,
                     closed,
+                    epoch: room.epoch,
                 },
             }),
             Err(e) => {
@@ -317,6 +320,9 @@ impl Observer for Persistence {
     }
 }
 
+/// Told of a (room, epoch) the store fenced off (cluster mode).
+pub type OnFenced = Box<dyn Fn(&str, u64) + Send + Sync>;
+
 /// Settings of the writer task. (The statement timeout is the store's own.)
 pub struct WriterConfig {
     /// Rows queued at most (`PERSIST_QUEUE_LIMIT`).
@@ -328,6 +334,9 @@ pub struct WriterConfig {
     /// Bytes per batch at most (`PERSIST_BATCH_BYTES`); a single larger row goes alone.
     pub batch_bytes: usize,
     pub flush_interval: Duration,
+    /// Cluster mode: told of each (room, epoch) whose rows the store refused because
+    /// another node has taken the room over; its owner must stop serving it.
+    pub on_fenced: Option<OnFenced>,
 }
 
 /// Stops the writer after it has written everything queued.
@@ -388,6 +397,7 @@ pub fn start(
         batch_max: config.batch_max.max(1),
         batch_bytes: config.batch_bytes,
         flush_interval: config.flush_interval,
+        on_fenced: config.on_fenced,
         stop: stop.clone(),
         outage_since: None,
         backoff: BACKOFF_FIRST,
@@ -420,6 +430,15 @@ impl Item {
             Item::Event(e) => event_size(e),
             Item::Canvas(c) => canvas_size(c),
             Item::Snapshot(s) => snapshot_size(s),
+        }
+    }
+
+    /// The (room, epoch) it was made under.
+    fn fence(&self) -> (&str, u64) {
+        match self {
+            Item::Event(e) => (&e.room_code, e.epoch),
+            Item::Canvas(c) => (&c.room_code, c.epoch),
+            Item::Snapshot(s) => (&s.room_code, s.epoch),
         }
     }
 
@@ -568,6 +587,30 @@ impl Queue {
         }
         self.uncount(redundant.0, redundant.1);
         redundant
+    }
+
+    /// Drops every queued row whose (room, epoch) is stale; returns the rows and bytes.
+    fn drop_fenced(&mut self, is_stale: &dyn Fn(&str, u64) -> bool) -> (usize, usize) {
+        let mut dropped = (0, 0);
+        self.events.retain(|e| {
+            let stale = is_stale(&e.room_code, e.epoch);
+            if stale {
+                dropped.0 += 1;
+                dropped.1 += event_size(e);
+            }
+            !stale
+        });
+        self.checkpoints.retain(|_, pending| {
+            let stale = is_stale(&pending.snapshot.room_code, pending.snapshot.epoch);
+            if stale {
+                dropped.0 += 1 + pending.canvases.len();
+                dropped.1 += snapshot_size(&pending.snapshot)
+                    + pending.canvases.values().map(canvas_size).sum::<usize>();
+            }
+            !stale
+        });
+        self.uncount(dropped.0, dropped.1);
+        dropped
     }
 
     /// The next batch: at most `max_rows` rows and `max_bytes` bytes, and at least one
@@ -761,6 +804,7 @@ struct Writer {
     batch_bytes: usize,
     flush_interval: Duration,
     stall_after: Duration,
+    on_fenced: Option<OnFenced>,
     stop: CancellationToken,
     /// When the first database call that stalled or failed started; `None` while
     /// calls succeed. `persistence_recovered` reports the outage from here.
@@ -901,6 +945,7 @@ impl Writer {
                             WriteError::Refused(_) => "refused",
                             WriteError::TimedOut(_) => "timed_out",
                             WriteError::Failed(_) => "failed",
+                            WriteError::Fenced(_) => "fenced",
                         }),
                     );
                     (result, stalled)
@@ -936,6 +981,10 @@ impl Writer {
                     }
                     None => {}
                 }
+            }
+            Err(WriteError::Fenced(stale)) => {
+                self.answered();
+                self.fenced(&stale);
             }
             Err(WriteError::TimedOut(after)) => {
                 // Perhaps too much for the database as it is now: smaller parts first.
@@ -1029,6 +1078,52 @@ impl Writer {
         }
     }
 
+    /// The store refused rows made under a stale owner epoch: another node owns those
+    /// rooms now. Every row of those (room, epoch) pairs leaves the batch and the
+    /// queue (written, they would fork the room's history), and each owner is told.
+    fn fenced(&mut self, stale: &[(String, u64)]) {
+        let is_stale = |room: &str, epoch: u64| {
+            stale.iter().any(|(r, e)| r == room && *e == epoch)
+        };
+        let mut dropped = (0usize, 0usize);
+        let mut keep = |item: &Item| {
+            let (room, epoch) = item.fence();
+            let stale = is_stale(room, epoch);
+            if stale {
+                dropped.0 += 1;
+                dropped.1 += item.size();
+            }
+            !stale
+        };
+        for group in self.inflight.groups.iter_mut() {
+            if let Group::Write(items) = group {
+                items.retain(&mut keep);
+            }
+        }
+        self.inflight.groups.retain(|g| match g {
+            Group::Write(items) => !items.is_empty(),
+            Group::DeadLetter(item, _) => {
+                let (room, epoch) = item.fence();
+                !is_stale(room, epoch)
+            }
+        });
+        let queued = self.queue.drop_fenced(&is_stale);
+        dropped.0 += queued.0;
+        dropped.1 += queued.1;
+        self.shared.size.sub(dropped);
+        self.metrics
+            .counters
+            .persist_fenced_rows_total
+            .fetch_add(dropped.0 as u64, Ordering::Relaxed);
+        for (room, epoch) in stale {
+            tracing::error!(roomCode = %room, epoch, rows = dropped.0, "persist_fenced");
+            self.shared.forget_sent(room);
+            if let Some(on_fenced) = &self.on_fenced {
+                on_fenced(room, *epoch);
+            }
+        }
+    }
+
     async fn failed(&mut self, error: &str, started: Instant) {
         Metrics::inc(&self.metrics.counters.event_persist_failures_total);
         self.shared.failing.store(true, Ordering::Release);
@@ -1084,6 +1179,7 @@ mod tests {
             payload: "x".repeat(bytes),
             created_at: OffsetDateTime::UNIX_EPOCH,
             trace: None,
+            epoch: 0,
         }
     }
 
@@ -1094,6 +1190,7 @@ mod tests {
             version,
             ops: "o".repeat(bytes),
             captured_at: OffsetDateTime::UNIX_EPOCH,
+            epoch: 0,
         }
     }
 
@@ -1105,6 +1202,7 @@ mod tests {
             captured_at: OffsetDateTime::UNIX_EPOCH,
             canvases: canvases.iter().map(|(a, v)| (a.to_string(), *v)).collect(),
             closed,
+            epoch: 0,
         }
     }
 

@@ -62,6 +62,14 @@ counters!(
     log_lines_dropped_total,
     otel_spans_dropped_total,
     otel_export_failures_total,
+    persist_fenced_rows_total,
+    cluster_forwarded_total,
+    cluster_relayed_total,
+    cluster_resyncs_total,
+    cluster_redis_errors_total,
+    cluster_messages_dropped_total,
+    cluster_takeovers_total,
+    cluster_rooms_lost_total,
 );
 
 #[derive(Debug, Default)]

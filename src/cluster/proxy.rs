@@ -1,0 +1,432 @@
+//! A room's relay on a node that does not own it: a task behind an ordinary
+//! [`RoomHandle`], so sockets and the admin plane use it exactly as they use an owner.
+//! It passes their messages to the owner node and delivers what the owner sends back
+//! to the sockets and watchers here, checking each relayed message's link, epoch and
+//! sequence number. Anything out of order means something was lost (pub/sub is at
+//! most once): the relay then closes its sockets with 1012, and the clients resume
+//! with `lastVersion` from the owner, rather than see a gap.
+
+use super::Cluster;
+use super::wire::{Answer, Message, Relayed};
+use crate::edge::frame::{Frame, close};
+use crate::observe::ConnId;
+use crate::outbox::{Outbox, Push};
+use crate::owner::{Done, Member, RoomHandle, RoomInfo, RoomMsg, Sink, WatchEvent, WatcherCount};
+use crate::protocol::server::ServerMessage;
+use crate::protocol::{ErrorCode, Rejection};
+use crate::telemetry::Metrics;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// A relay with no socket and no watcher for this long stops.
+const IDLE: Duration = Duration::from_secs(5);
+const QUEUE: usize = 1024;
+
+struct Local {
+    conn: ConnId,
+    out: Outbox,
+    /// Its `hello_ack` has not come yet: publications before it are not its own.
+    waiting: bool,
+}
+
+struct Watching {
+    out: Outbox<WatchEvent>,
+    count: Arc<WatcherCount>,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.count.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+struct Proxy {
+    code: Arc<str>,
+    owner: String,
+    link: u64,
+    cluster: Arc<Cluster>,
+    members: Vec<Local>,
+    watchers: Vec<Watching>,
+    /// Watchers waiting for the room's state from the owner.
+    waiting_watchers: Vec<Watching>,
+    epoch: Option<u64>,
+    next_seq: u64,
+    watcher_count: Arc<WatcherCount>,
+    tx: mpsc::WeakSender<RoomMsg>,
+}
+
+/// Starts a relay of `code`, whose owner is `owner`. `on_exit` runs when it ends.
+pub fn spawn(
+    code: &str,
+    owner: String,
+    cluster: Arc<Cluster>,
+    watcher_count: Arc<WatcherCount>,
+    on_exit: impl FnOnce() + Send + 'static,
+) -> RoomHandle {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let code: Arc<str> = code.into();
+    let proxy = Proxy {
+        code: code.clone(),
+        owner,
+        link: rand::random(),
+        members: Vec::new(),
+        watchers: Vec::new(),
+        waiting_watchers: Vec::new(),
+        epoch: None,
+        next_seq: 1,
+        watcher_count,
+        tx: tx.downgrade(),
+        cluster,
+    };
+    tokio::spawn(async move {
+        proxy.run(rx).await;
+        on_exit();
+    });
+    RoomHandle::new(code, tx)
+}
+
+fn unavailable(message: &str) -> Rejection {
+    Rejection::new(ErrorCode::Unavailable, message.to_string())
+}
+
+impl Proxy {
+    async fn run(mut self, mut rx: mpsc::Receiver<RoomMsg>) {
+        let mut live = self.cluster.watch_live();
+        let mut idle = tokio::time::interval(IDLE);
+        idle.tick().await;
+        let mut was_idle = false;
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(msg) => if !self.handle(msg) { break },
+                    None => break,
+                },
+                changed = live.changed() => {
+                    if changed.is_err() || !live.borrow().contains(&self.owner) {
+                        self.resync("the room's node left the cluster");
+                        break;
+                    }
+                }
+                _ = idle.tick() => {
+                    let empty = self.members.is_empty()
+                        && self.watchers.is_empty()
+                        && self.waiting_watchers.is_empty();
+                    if empty && was_idle {
+                        break;
+                    }
+                    was_idle = empty;
+                    self.watchers.retain(|w| !w.out.is_closing());
+                }
+            }
+        }
+        self.cluster.send(
+            &self.owner,
+            &Message::Unlink {
+                room: self.code.to_string(),
+                from: self.cluster.node.to_string(),
+                link: self.link,
+            },
+        );
+    }
+
+    /// Handles one message; false once the relay is to stop.
+    fn handle(&mut self, msg: RoomMsg) -> bool {
+        let room = self.code.to_string();
+        let from = self.cluster.node.to_string();
+        match msg {
+            RoomMsg::Attach {
+                member,
+                last_version,
+                reply,
+            } => {
+                let Member {
+                    conn,
+                    player_id,
+                    out,
+                } = member;
+                let Sink::Local(out) = out else {
+                    let _ = reply.send(Err(unavailable("not a socket of this node")));
+                    return true;
+                };
+                self.members.retain(|m| m.conn != conn);
+                self.members.push(Local {
+                    conn,
+                    out,
+                    waiting: true,
+                });
+                let (cluster, owner, link, tx) =
+                    (self.cluster.clone(), self.owner.clone(), self.link, self.tx.clone());
+                tokio::spawn(async move {
+                    let answer = cluster
+                        .call(&owner, |call| Message::Attach {
+                            room,
+                            from,
+                            call,
+                            link,
+                            conn,
+                            player_id,
+                            last_version,
+                        })
+                        .await;
+                    let result = match answer {
+                        Ok(Answer::Attached { result }) => result,
+                        Ok(Answer::Refused { why }) => Err(why),
+                        Ok(_) => Err(unavailable("unexpected answer")),
+                        Err(why) => Err(why),
+                    };
+                    if result.is_err()
+                        && let Some(tx) = tx.upgrade()
+                    {
+                        let _ = tx.send(RoomMsg::AttachRefused { conn }).await;
+                    }
+                    let _ = reply.send(result);
+                });
+            }
+            RoomMsg::AttachRefused { conn } => self.members.retain(|m| m.conn != conn),
+            RoomMsg::Detach { conn } => {
+                self.members.retain(|m| m.conn != conn);
+                self.cluster
+                    .send(&self.owner, &Message::Detach { room, conn });
+            }
+            RoomMsg::Command { command, reply, .. } => {
+                let crate::observe::Command { origin, action } = *command;
+                match reply {
+                    None => self.cluster.send(
+                        &self.owner,
+                        &Message::Command {
+                            room,
+                            from,
+                            call: None,
+                            origin,
+                            action,
+                        },
+                    ),
+                    Some(reply) => {
+                        let (cluster, owner) = (self.cluster.clone(), self.owner.clone());
+                        tokio::spawn(async move {
+                            let answer = cluster
+                                .call(&owner, |call| Message::Command {
+                                    room,
+                                    from,
+                                    call: Some(call),
+                                    origin,
+                                    action,
+                                })
+                                .await;
+                            let _ = reply.send(match answer {
+                                Ok(Answer::Applied { result }) => {
+                                    result.map(|version| Done { version })
+                                }
+                                Ok(Answer::Refused { why }) => Err(why),
+                                Ok(_) => Err(unavailable("unexpected answer")),
+                                Err(why) => Err(why),
+                            });
+                        });
+                    }
+                }
+            }
+            RoomMsg::Info { reply } => {
+                let (cluster, owner) = (self.cluster.clone(), self.owner.clone());
+                tokio::spawn(async move {
+                    let answer = cluster
+                        .call(&owner, |call| Message::Info { room, from, call })
+                        .await;
+                    if let Ok(Answer::Info { info }) = answer {
+                        let _ = reply.send(RoomInfo {
+                            snapshot: info.snapshot,
+                            settings: info.settings,
+                            connections: info.connections,
+                        });
+                    }
+                });
+            }
+            RoomMsg::Close { reason, reply } => {
+                let (cluster, owner) = (self.cluster.clone(), self.owner.clone());
+                tokio::spawn(async move {
+                    let answer = cluster
+                        .call(&owner, |call| Message::Close {
+                            room,
+                            from,
+                            call,
+                            reason,
+                        })
+                        .await;
+                    if let Ok(Answer::Closed { snapshot }) = answer {
+                        let _ = reply.send(snapshot);
+                    }
+                });
+            }
+            RoomMsg::Watch { out, reply } => {
+                let count = &self.watcher_count;
+                if count.open.fetch_add(1, Ordering::AcqRel) >= count.max {
+                    count.open.fetch_sub(1, Ordering::AcqRel);
+                    let _ = reply.send(Err(Rejection::new(
+                        ErrorCode::RateLimited,
+                        format!("the server has {} watchers, the most it takes", count.max),
+                    )));
+                    return true;
+                }
+                self.waiting_watchers.push(Watching {
+                    out,
+                    count: count.clone(),
+                });
+                let (cluster, owner, link) = (self.cluster.clone(), self.owner.clone(), self.link);
+                tokio::spawn(async move {
+                    let answer = cluster
+                        .call(&owner, |call| Message::Link {
+                            room,
+                            from,
+                            call,
+                            link,
+                        })
+                        .await;
+                    let _ = reply.send(match answer {
+                        Ok(Answer::Linked { result }) => result,
+                        Ok(Answer::Refused { why }) => Err(why),
+                        Ok(_) => Err(unavailable("unexpected answer")),
+                        Err(why) => Err(why),
+                    });
+                });
+            }
+            RoomMsg::Checkpoint { reply } => {
+                let _ = reply.send(());
+            }
+            RoomMsg::Relayed(message) => return self.relayed(*message),
+            RoomMsg::Stop { code, reason, reply, .. } => {
+                self.close_all(code, reason);
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
+                }
+                return false;
+            }
+            RoomMsg::NodeGone { node } => {
+                if node == self.owner {
+                    self.resync("the room's node left the cluster");
+                    return false;
+                }
+            }
+            RoomMsg::Remote(_) => {}
+        }
+        true
+    }
+
+    /// One message from the owner, checked against the link before it is delivered.
+    fn relayed(&mut self, message: Message) -> bool {
+        let Message::Relay {
+            link,
+            epoch,
+            seq,
+            body,
+            ..
+        } = message
+        else {
+            return true;
+        };
+        if link != self.link {
+            return true; // for an earlier relay of this room here
+        }
+        match self.epoch {
+            Some(known) if epoch < known => return true, // a stale owner's
+            Some(known) if epoch > known => {
+                self.resync("the room has a new owner");
+                return false;
+            }
+            _ => self.epoch = Some(epoch),
+        }
+        if seq < self.next_seq {
+            return true; // a duplicate
+        }
+        if seq > self.next_seq {
+            self.resync("messages from the room's node were lost");
+            return false;
+        }
+        self.next_seq += 1;
+        match body {
+            Relayed::Publish {
+                version,
+                kind,
+                skip,
+                json,
+                ..
+            } => {
+                let frame = Frame::text(&json);
+                for m in &self.members {
+                    if m.waiting || Some(m.conn) == skip {
+                        continue;
+                    }
+                    if m.out.push(frame.clone()) == Push::Overflowed {
+                        Metrics::inc(&self.cluster.metrics.counters.slow_consumer_closes_total);
+                    }
+                }
+                if !self.watchers.is_empty() {
+                    let event = WatchEvent {
+                        kind: ServerMessage::kind_named(&kind).unwrap_or("event"),
+                        version,
+                        json: frame.payload(),
+                    };
+                    self.watchers
+                        .retain(|w| w.out.push(event.clone()) == Push::Queued);
+                }
+            }
+            Relayed::ToConn { conn, json } => {
+                if let Some(m) = self.members.iter_mut().find(|m| m.conn == conn) {
+                    m.waiting = false;
+                    let frames = json.iter().map(|j| Frame::text(j)).collect();
+                    if m.out.push_all(frames) == Push::Overflowed {
+                        Metrics::inc(&self.cluster.metrics.counters.slow_consumer_closes_total);
+                    }
+                }
+            }
+            Relayed::CloseConn { conn, code, reason } => {
+                self.members.retain(|m| {
+                    if m.conn == conn {
+                        if reason.is_empty() {
+                            m.out.close(code);
+                        } else {
+                            m.out.close_with_reason(code, &reason);
+                        }
+                        false
+                    } else {
+                        true
+                    }
+                });
+            }
+            Relayed::State { version, json } => {
+                let event = WatchEvent {
+                    kind: "room_state",
+                    version,
+                    json: Frame::text(&json).payload(),
+                };
+                for w in self.waiting_watchers.drain(..) {
+                    if w.out.push(event.clone()) == Push::Queued {
+                        self.watchers.push(w);
+                    }
+                }
+            }
+            Relayed::Gone { code, reason } => {
+                self.close_all(code, &reason);
+                return false;
+            }
+        }
+        true
+    }
+
+    fn close_all(&mut self, code: u16, reason: &str) {
+        for m in self.members.drain(..) {
+            m.out.close_with_reason(code, reason);
+        }
+        for w in self.watchers.drain(..).chain(self.waiting_watchers.drain(..)) {
+            w.out.close(code);
+        }
+    }
+
+    /// Something was lost between the owner and here: every socket reconnects and
+    /// resumes from the owner with `lastVersion` (1012), never sees a gap.
+    fn resync(&mut self, why: &str) {
+        Metrics::inc(&self.cluster.metrics.counters.cluster_resyncs_total);
+        tracing::warn!(roomCode = %self.code, owner = %self.owner, sockets = self.members.len(), reason = why, "cluster_relay_resync");
+        self.close_all(close::RESTART, "resync");
+    }
+}
