@@ -210,11 +210,15 @@ pub enum RoomMsg {
         reply: Option<oneshot::Sender<()>>,
     },
     /// Cluster mode: a node left; its sockets and relay of this room are gone.
-    NodeGone { node: String },
+    NodeGone {
+        node: String,
+    },
     /// Cluster mode, a relay's own: a message from the room's owner.
     Relayed(Box<wire::Message>),
     /// Cluster mode, a relay's own: the owner refused a socket it had sent on.
-    AttachRefused { conn: ConnId },
+    AttachRefused {
+        conn: ConnId,
+    },
 }
 
 /// What a change made, as a caller outside the room sees it.
@@ -821,7 +825,10 @@ impl Owner {
                 );
                 cluster.answer(&from, call, Answer::Created { result: Err(why) });
             }
-            Message::Relay { .. } | Message::Answer { .. } | Message::Ping { .. } => {}
+            Message::Relay { .. }
+            | Message::Adopt { .. }
+            | Message::Answer { .. }
+            | Message::Ping { .. } => {}
         }
         Flow::Continue
     }

@@ -184,7 +184,9 @@ impl Registry {
     /// mode refuses it, a room there needs its lease and epoch: use `create`).
     pub fn create_here(&self, room: Room) -> Result<RoomHandle, Rejection> {
         if self.cluster.is_some() {
-            return Err(unavailable("cluster mode creates rooms with Registry::create"));
+            return Err(unavailable(
+                "cluster mode creates rooms with Registry::create",
+            ));
         }
         let mut rooms = write(&self.rooms);
         if let Some(why) = Self::taken(&rooms, room.code()) {
@@ -233,12 +235,21 @@ impl Registry {
         code: &str,
         seed: impl FnOnce() -> Result<Room, Rejection>,
     ) -> Result<RoomHandle, Rejection> {
-        if self.cluster.is_some() {
-            match self.find(code).await {
-                // Only a room that never existed is made from a seed (a closed one's
-                // code is never reused).
-                Err(why) if why == not_found() => {}
-                other => return other,
+        if let Some(parts) = &self.cluster {
+            if let Some(handle) = self.get(code) {
+                return Ok(handle);
+            }
+            if read(&self.rooms).retired.contains(code) {
+                return Err(Rejection::new(ErrorCode::RoomNotFound, "room was closed"));
+            }
+            // A room some live node owns is joined there; otherwise the seed goes to
+            // the node the code prefers, where the stored room (if any) still wins.
+            let cluster = &parts.cluster;
+            let holder = cluster.holder(code).await.map_err(unavailable)?;
+            if let Some(node) = holder.filter(|n| cluster.live().contains(n))
+                && node != *cluster.node
+            {
+                return Ok(self.relay(parts, code, node));
             }
             let room = seed()?;
             return match self.create_in_cluster(room, Provenance::Seeded).await {
@@ -368,7 +379,7 @@ impl Registry {
         let on_exit = {
             let rooms = Arc::downgrade(&self.rooms);
             let code = code.to_string();
-            move || forget(&rooms, &code, Exit::Moved)
+            move |exit| forget(&rooms, &code, exit)
         };
         let handle = proxy::spawn(
             code,
@@ -406,6 +417,10 @@ impl Registry {
         if target == *parts.cluster.node {
             return match self.take_over(&code, Some((room, provenance))).await? {
                 Takeover::Taken(handle) => Ok(handle),
+                // A seed joins the room that exists wherever it is.
+                Takeover::HeldBy(node) if provenance == Provenance::Seeded => {
+                    Ok(self.relay(parts, &code, node))
+                }
                 Takeover::HeldBy(_) => Err(exists(&code)),
             };
         }
@@ -448,10 +463,17 @@ impl Registry {
             return Err(not_found());
         };
         if parts.handing_over.load(Ordering::Acquire) {
-            return Err(unavailable("this node is handing its rooms over; try again"));
+            return Err(unavailable(
+                "this node is handing its rooms over; try again",
+            ));
         }
         let lock = self.takeover_lock(parts, code);
         let _one_at_a_time = lock.lock().await;
+        // Closed here (its final snapshot may still be on its way to the store): the
+        // lease stays with this node until it expires, and nothing takes it back.
+        if read(&self.rooms).retired.contains(code) {
+            return Err(Rejection::new(ErrorCode::RoomNotFound, "room was closed"));
+        }
         if let Some(handle) = self.owned(code) {
             return match create {
                 Some(_) => Err(exists(code)),
@@ -496,7 +518,9 @@ impl Registry {
             // landed or will be refused from now on.
             room = match parts.store.load_room(code).await {
                 Ok(Stored::Open(room)) => *room,
-                Ok(_) | Err(_) => return refuse(unavailable("the room changed while taken over")).await,
+                Ok(_) | Err(_) => {
+                    return refuse(unavailable("the room changed while taken over")).await;
+                }
             };
             let stored_at = room.version();
             room.skip_to(stored_at.saturating_add(cluster.version_jump));
@@ -539,17 +563,20 @@ impl Registry {
         let Some(code) = message.owner_room().map(str::to_string) else {
             return;
         };
-        let caller = message.caller().map(|(node, call)| (node.to_string(), call));
+        let caller = message
+            .caller()
+            .map(|(node, call)| (node.to_string(), call));
         let cluster = parts.cluster.clone();
-        if let Message::Create {
-            stored, seeded, ..
-        } = message
-        {
+        if let Message::Create { stored, seeded, .. } = message {
             let registry = self.clone();
             tokio::spawn(async move {
                 let result = match Room::from_stored(*stored) {
                     Ok(room) => {
-                        let provenance = if seeded { Provenance::Seeded } else { Provenance::Server };
+                        let provenance = if seeded {
+                            Provenance::Seeded
+                        } else {
+                            Provenance::Server
+                        };
                         match registry.take_over(&code, Some((room, provenance))).await {
                             Ok(Takeover::Taken(_)) => Ok(()),
                             Ok(Takeover::HeldBy(_)) => Err(exists(&code)),
@@ -568,12 +595,27 @@ impl Registry {
             if !handle.offer(RoomMsg::Remote(Box::new(message)))
                 && let Some((node, call)) = caller
             {
-                cluster.answer(&node, call, Answer::Refused { why: unavailable("the room is busy; try again") });
+                cluster.answer(
+                    &node,
+                    call,
+                    Answer::Refused {
+                        why: unavailable("the room is busy; try again"),
+                    },
+                );
             }
             return;
         }
         // Leaving messages for a room nobody here owns need no takeover.
         if matches!(message, Message::Detach { .. } | Message::Unlink { .. }) {
+            return;
+        }
+        if matches!(message, Message::Adopt { .. }) {
+            let registry = self.clone();
+            tokio::spawn(async move {
+                if let Err(why) = registry.take_over(&code, None).await {
+                    tracing::warn!(roomCode = %code, error = %why.message, "room_adopt_failed");
+                }
+            });
             return;
         }
         let registry = self.clone();
@@ -628,15 +670,24 @@ impl Registry {
         };
         for code in codes {
             if let Some(handle) = self.owned(code) {
-                handle.stop(crate::edge::frame::close::RESTART, "handover", true).await;
+                handle
+                    .stop(crate::edge::frame::close::RESTART, "handover", true)
+                    .await;
             }
         }
         let deadline = tokio::time::Instant::now() + wait;
         while parts.persistence.depth() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        let mut others = (*parts.cluster.live()).clone();
+        others.remove(&*parts.cluster.node);
         for code in codes {
             parts.cluster.release(code).await;
+            if let Some(next) = crate::cluster::preferred(code, &others) {
+                parts
+                    .cluster
+                    .send(&next, &Message::Adopt { room: code.clone() });
+            }
         }
         tracing::info!(rooms = codes.len(), "rooms_handed_over");
     }
@@ -689,10 +740,11 @@ async fn save_jump(store: &Store, room: &Room) -> Result<(), Rejection> {
 /// taken over now, not when a client comes back. When a node joins: the rooms that
 /// now prefer it are handed over to it.
 pub async fn upkeep(registry: Weak<Registry>, stop: tokio_util::sync::CancellationToken) {
-    let Some((cluster, store)) = registry
-        .upgrade()
-        .and_then(|r| r.cluster.as_ref().map(|p| (p.cluster.clone(), p.store.clone())))
-    else {
+    let Some((cluster, store)) = registry.upgrade().and_then(|r| {
+        r.cluster
+            .as_ref()
+            .map(|p| (p.cluster.clone(), p.store.clone()))
+    }) else {
         return;
     };
     let mut tick = tokio::time::interval(cluster.lease_ttl / 3);

@@ -1,12 +1,12 @@
 //! Builds the application from settings and a bound listener, and stops it.
 
 use crate::auth::TokenKeys;
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::edge::admission::{AddressLimiter, ConnectionLimits};
 use crate::observe::{Observer, Telemetry};
 use crate::owner::RoomContext;
 use crate::owner::WatcherCount;
-use crate::cluster::Cluster;
 use crate::registry::{ClusterParts, Registry};
 use crate::store::writer::{self, WriterConfig, WriterHandle};
 use crate::store::{Loaded, Store, StoreError};
@@ -121,7 +121,14 @@ pub async fn start_with(
         }
         None => None,
     };
-    Ok(serve(listener, admin_listener, config, store, observers, cluster))
+    Ok(serve(
+        listener,
+        admin_listener,
+        config,
+        store,
+        observers,
+        cluster,
+    ))
 }
 
 /// Cluster mode's parts made before serving: the cluster, its inbox, the metrics it
@@ -274,7 +281,11 @@ pub fn serve(
                 metrics.clone(),
             );
             if let Some(c) = &cluster {
-                parts = Some(ClusterParts::new(c.cluster.clone(), store, persistence.clone()));
+                parts = Some(ClusterParts::new(
+                    c.cluster.clone(),
+                    store,
+                    persistence.clone(),
+                ));
             }
             observers.push(persistence);
             (Some(writer), loaded)
@@ -315,11 +326,16 @@ pub fn serve(
     }) = cluster
     {
         let _ = fenced.set(Arc::downgrade(&registry));
-        tokio::spawn(crate::registry::upkeep(Arc::downgrade(&registry), stop.clone()));
+        tokio::spawn(crate::registry::upkeep(
+            Arc::downgrade(&registry),
+            stop.clone(),
+        ));
         let weak = Arc::downgrade(&registry);
         tokio::spawn(async move {
             while let Some(message) = inbox.recv().await {
-                let Some(registry) = weak.upgrade() else { break };
+                let Some(registry) = weak.upgrade() else {
+                    break;
+                };
                 registry.dispatch(message);
             }
         });

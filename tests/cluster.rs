@@ -63,7 +63,14 @@ impl OwnRedis {
     /// Starts redis-server (nothing kept on disk) and waits until it answers.
     async fn up(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--bind")
             .arg("127.0.0.1")
             .stdout(std::process::Stdio::null())
@@ -75,11 +82,17 @@ impl OwnRedis {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             if let Ok(mut c) = client.get_multiplexed_async_connection().await
-                && redis::cmd("PING").query_async::<String>(&mut c).await.is_ok()
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut c)
+                    .await
+                    .is_ok()
             {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "redis-server answers");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server answers"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -179,8 +192,16 @@ async fn three_nodes(db: &str, redis: &str, prefix: &str) -> Vec<Node> {
     nodes
 }
 
-async fn join(c: &mut Client, room: &str, player: &str, seed: Option<Value>, last: Option<u64>) -> Value {
-    let hello = c.join_with(room, player, &token(room, player), seed, last).await;
+async fn join(
+    c: &mut Client,
+    room: &str,
+    player: &str,
+    seed: Option<Value>,
+    last: Option<u64>,
+) -> Value {
+    let hello = c
+        .join_with(room, player, &token(room, player), seed, last)
+        .await;
     assert_eq!(hello["type"], "hello_ack", "{}: {hello}", c.name());
     hello
 }
@@ -195,7 +216,9 @@ async fn all_see(clients: &mut [&mut Client], kind: &str) -> u64 {
             break v;
         }
     };
-    let version = first["version"].as_u64().unwrap_or_else(|| panic!("{first}"));
+    let version = first["version"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{first}"));
     for c in clients.iter_mut().skip(1) {
         let seen = c.see(kind, version).await;
         assert_eq!(seen, first, "{} got the same message", c.name());
@@ -206,11 +229,13 @@ async fn all_see(clients: &mut [&mut Client], kind: &str) -> u64 {
 /// Rows of the room's event log: (version, event_type), in order.
 async fn event_log(db_url: &str, room: &str) -> Vec<(i64, String)> {
     let mut conn = sqlx::PgConnection::connect(db_url).await.expect("connect");
-    sqlx::query_as("SELECT version, event_type FROM room_events WHERE room_code = $1 ORDER BY version")
-        .bind(room)
-        .fetch_all(&mut conn)
-        .await
-        .expect("events")
+    sqlx::query_as(
+        "SELECT version, event_type FROM room_events WHERE room_code = $1 ORDER BY version",
+    )
+    .bind(room)
+    .fetch_all(&mut conn)
+    .await
+    .expect("events")
 }
 
 async fn owner_epoch(db_url: &str, room: &str) -> Option<(i64, String)> {
@@ -248,17 +273,22 @@ async fn players_spread_over_three_nodes_play_one_game() {
     p3.set_ready(room, "p3", true).await;
     let v = all_see(&mut [&mut host, &mut p2, &mut p3], "ready_update").await;
     assert_eq!(v, 5);
-    host.send(json!({"type":"advance_phase","roomCode":room,"playerId":"host"})).await;
+    host.send(json!({"type":"advance_phase","roomCode":room,"playerId":"host"}))
+        .await;
     let v = all_see(&mut [&mut p2, &mut host, &mut p3], "status_changed").await;
     assert_eq!(v, 6);
-    host.send(json!({"type":"advance_phase","roomCode":room,"playerId":"host"})).await;
-    all_see(&mut [&mut p3, &mut p2, &mut host], "status_changed").await;
-    p2.send(json!({"type":"submit_big_idea","roomCode":room,"adlobId":"ad-1","text":"Socks that sing"}))
+    host.send(json!({"type":"advance_phase","roomCode":room,"playerId":"host"}))
         .await;
+    all_see(&mut [&mut p3, &mut p2, &mut host], "status_changed").await;
+    p2.send(
+        json!({"type":"submit_big_idea","roomCode":room,"adlobId":"ad-1","text":"Socks that sing"}),
+    )
+    .await;
     let v = all_see(&mut [&mut host, &mut p2, &mut p3], "big_idea_submitted").await;
 
     // A player's refused message is answered on its own socket, across nodes.
-    p3.send(json!({"type":"advance_phase","roomCode":room,"playerId":"p3"})).await;
+    p3.send(json!({"type":"advance_phase","roomCode":room,"playerId":"p3"}))
+        .await;
     p3.expect_error("forbidden").await;
 
     // The store holds every change once, in one sequence.
@@ -271,10 +301,448 @@ async fn players_spread_over_three_nodes_play_one_game() {
             assert_eq!(versions, (2..=v as i64).collect::<Vec<_>>(), "{log:?}");
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "events stored: {log:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "events stored: {log:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (epoch, owner) = owner_epoch(&database.url, room).await.expect("an owner row");
+    let (epoch, owner) = owner_epoch(&database.url, room)
+        .await
+        .expect("an owner row");
     assert_eq!(epoch, 1, "one owner all game");
     assert!(nodes.iter().any(|n| n.id == owner), "{owner}");
+}
+
+// ---------------------------------------------------------------------------------
+// Helpers for the tests below.
+// ---------------------------------------------------------------------------------
+
+use karaoke_realtime::admin::pb::{self, room_admin_client::RoomAdminClient};
+
+type Admin = RoomAdminClient<tonic::transport::Channel>;
+
+async fn admin(node: &Node) -> Admin {
+    RoomAdminClient::connect(format!("http://127.0.0.1:{}", node.admin))
+        .await
+        .expect("admin plane connects")
+}
+
+fn pb_player(id: &str, seat: i32, host: bool) -> pb::Player {
+    pb::Player {
+        id: id.into(),
+        name: format!("Player {id}"),
+        emoji: "🎤".into(),
+        is_ready: false,
+        is_host: host,
+        seat_index: seat,
+        connected: false,
+    }
+}
+
+fn brief(code: &str, brief_id: &str) -> pb::PublishEventRequest {
+    pb::PublishEventRequest {
+        room_code: code.into(),
+        event: Some(pb::publish_event_request::Event::BriefUpdated(
+            pb::BriefUpdated {
+                brief_id: brief_id.into(),
+            },
+        )),
+    }
+}
+
+/// The node that owns `room` now, by the store's owner row.
+async fn owner_of<'a>(db_url: &str, nodes: &'a [Node], room: &str) -> &'a Node {
+    let (_, owner) = owner_epoch(db_url, room)
+        .await
+        .expect("the room has an owner");
+    nodes
+        .iter()
+        .find(|n| n.id == owner)
+        .unwrap_or_else(|| panic!("owner {owner} is one of the nodes"))
+}
+
+/// Joins `player` on `node`, retrying while the cluster answers `unavailable` (a room
+/// between owners) or the socket is closed under it, as the real client's reconnect
+/// loop does; returns the client and its `hello_ack`.
+async fn rejoin(
+    node: &Node,
+    name: &'static str,
+    room: &str,
+    player: &str,
+    last: Option<u64>,
+) -> (Client, Value) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut c = node.player(name).await;
+        let reply = c
+            .join_with(room, player, &token(room, player), None, last)
+            .await;
+        if reply["type"] == "hello_ack" {
+            return (c, reply);
+        }
+        assert_eq!(reply["code"], "unavailable", "{name}: {reply}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} rejoins within {WAIT:?}: {reply}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the room's event log ends at `version` or later; returns the log.
+async fn await_log(db_url: &str, room: &str, version: u64) -> Vec<(i64, String)> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let log = event_log(db_url, room).await;
+        if log.last().is_some_and(|(last, _)| *last >= version as i64) {
+            return log;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{room} logged v{version}: {log:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads until the socket ends: the close code the server sent, or `None` when the
+/// connection just broke (its node was killed).
+async fn cut_off(c: &mut Client) -> Option<CloseCode> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let next = tokio::time::timeout(WAIT, c.ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("{}: cut off within {WAIT:?}", c.name()));
+        match next {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(&t).expect("JSON");
+                if let Some(version) = common::version_of(&v) {
+                    c.seen = c.seen.max(version);
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+/// Every version once, in order (a takeover may skip ahead, never back).
+fn assert_one_sequence(log: &[(i64, String)]) {
+    for pair in log.windows(2) {
+        assert!(pair[0].0 < pair[1].0, "one increasing sequence: {log:?}");
+    }
+}
+
+/// Seeds `room` with host, p2 and p3, each joined on its own node (host on
+/// `nodes[0]`, p2 on `nodes[1]`, p3 on `nodes[2]`); returns them at version 4.
+async fn seat_three(nodes: &[Node], room: &str) -> (Client, Client, Client) {
+    let seed = seed_snapshot(room, &["host", "p2", "p3"]);
+    let mut host = nodes[0].player("host").await;
+    let mut p2 = nodes[1].player("p2").await;
+    let mut p3 = nodes[2].player("p3").await;
+    join(&mut host, room, "host", Some(seed), None).await;
+    join(&mut p2, room, "p2", None, None).await;
+    host.see("room_state", 3).await;
+    join(&mut p3, room, "p3", None, None).await;
+    host.see("room_state", 4).await;
+    p2.see("room_state", 4).await;
+    (host, p2, p3)
+}
+
+/// Admin calls, WatchRoom and resume, all on a node that does not own the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_calls_watch_and_resume_work_on_a_node_that_does_not_own_the_room() {
+    let database = db::fresh_postgres().await;
+    let prefix = prefix();
+    let nodes = three_nodes(&database.url, MACHINE_REDIS, &prefix).await;
+    let room = "ADMINX";
+    // Created through one node; it lands on the node its code prefers.
+    let created = admin(&nodes[0])
+        .await
+        .create_room(pb::CreateRoomRequest {
+            code: room.into(),
+            host: Some(pb_player("host", 0, true)),
+            settings: None,
+        })
+        .await
+        .expect("CreateRoom")
+        .into_inner()
+        .room
+        .expect("room");
+    assert_eq!(created.code, room);
+    let owner = owner_of(&database.url, &nodes, room).await;
+    let other = nodes
+        .iter()
+        .find(|n| n.id != owner.id)
+        .expect("a non-owner");
+    let mut remote = admin(other).await;
+
+    // The same room from every node; ListRooms is the whole cluster's.
+    for node in &nodes {
+        let got = admin(node)
+            .await
+            .get_room(pb::GetRoomRequest {
+                room_code: room.into(),
+            })
+            .await
+            .expect("GetRoom")
+            .into_inner()
+            .room
+            .expect("room");
+        assert_eq!(
+            (got.code.as_str(), got.version),
+            (room, created.version),
+            "{}",
+            node.id
+        );
+        let listed = admin(node)
+            .await
+            .list_rooms(pb::ListRoomsRequest {
+                page_size: 0,
+                page_token: String::new(),
+            })
+            .await
+            .expect("ListRooms")
+            .into_inner();
+        assert_eq!(
+            listed
+                .rooms
+                .iter()
+                .map(|r| r.code.as_str())
+                .collect::<Vec<_>>(),
+            vec![room],
+            "{}",
+            node.id
+        );
+    }
+    let missing = remote
+        .get_room(pb::GetRoomRequest {
+            room_code: "NOSUCH".into(),
+        })
+        .await
+        .expect_err("an unknown room");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+
+    remote
+        .upsert_player(pb::UpsertPlayerRequest {
+            room_code: room.into(),
+            player: Some(pb_player("p2", 1, false)),
+        })
+        .await
+        .expect("UpsertPlayer on a non-owner");
+    let minted = remote
+        .mint_player_token(pb::MintPlayerTokenRequest {
+            room_code: room.into(),
+            player_id: "p2".into(),
+            ttl_seconds: 0,
+        })
+        .await
+        .expect("MintPlayerToken on a non-owner")
+        .into_inner()
+        .token;
+    let mut watch = remote
+        .watch_room(pb::WatchRoomRequest {
+            room_code: room.into(),
+        })
+        .await
+        .expect("WatchRoom on a non-owner")
+        .into_inner();
+    let first = tokio::time::timeout(WAIT, watch.message())
+        .await
+        .expect("an event in time")
+        .expect("stream open")
+        .expect("an event");
+    assert_eq!(first.r#type, "room_state");
+
+    // p2 plays on the non-owner, the host on the owner.
+    let mut p2 = other.player("p2").await;
+    let hello = p2.join_with(room, "p2", &minted, None, None).await;
+    assert_eq!(hello["type"], "hello_ack", "{hello}");
+    let mut host = owner.player("host").await;
+    join(&mut host, room, "host", None, None).await;
+    let v = remote
+        .publish_event(brief(room, "b1"))
+        .await
+        .expect("PublishEvent on a non-owner")
+        .into_inner()
+        .version;
+    for c in [&mut host, &mut p2] {
+        c.see("brief_updated", v).await;
+    }
+    let event = loop {
+        let e = tokio::time::timeout(WAIT, watch.message())
+            .await
+            .expect("an event in time")
+            .expect("stream open")
+            .expect("an event");
+        if e.r#type == "brief_updated" {
+            break e;
+        }
+    };
+    assert_eq!(event.version, v);
+
+    // Resume on the non-owner: p2 leaves, misses a change, comes back with lastVersion.
+    drop(p2);
+    let missed = remote
+        .publish_event(brief(room, "b2"))
+        .await
+        .expect("PublishEvent")
+        .into_inner()
+        .version;
+    host.see("brief_updated", missed).await;
+    let mut p2 = other.player("p2 again").await;
+    let hello = p2.join_with(room, "p2", &minted, None, Some(v)).await;
+    assert_eq!(hello["type"], "hello_ack", "{hello}");
+    assert_eq!(hello["recovered"], true, "{hello}");
+    let replayed = p2.recv().await;
+    assert!(
+        replayed["version"]
+            .as_u64()
+            .is_some_and(|r| r > v && r <= missed + 1),
+        "a missed event is replayed: {replayed}"
+    );
+
+    // CloseRoom on the non-owner: everyone gets 4000, the watch ends.
+    remote
+        .close_room(pb::CloseRoomRequest {
+            room_code: room.into(),
+            reason: String::new(),
+        })
+        .await
+        .expect("CloseRoom on a non-owner");
+    for c in [&mut host, &mut p2] {
+        assert_eq!(c.close_code().await, CloseCode::from(4000));
+    }
+    let after = remote
+        .get_room(pb::GetRoomRequest {
+            room_code: room.into(),
+        })
+        .await
+        .expect_err("a closed room is gone");
+    assert_eq!(after.code(), tonic::Code::NotFound);
+}
+
+/// kill -9 of the owner mid-game: the players reconnect to the other nodes, resume
+/// and finish; the store holds every change once, in one sequence, and no version a
+/// client held is used again for another change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_owner_mid_game_the_players_finish_on_the_other_nodes() {
+    let database = db::fresh_postgres().await;
+    let prefix = prefix();
+    let mut nodes = three_nodes(&database.url, MACHINE_REDIS, &prefix).await;
+    let room = "KILLED";
+    let (mut host, mut p2, mut p3) = seat_three(&nodes, room).await;
+    p2.set_ready(room, "p2", true).await;
+    let before = all_see(&mut [&mut host, &mut p2, &mut p3], "ready_update").await;
+    await_log(&database.url, room, before).await;
+
+    let owner_id = owner_of(&database.url, &nodes, room).await.id.clone();
+    let at = nodes.iter().position(|n| n.id == owner_id).expect("owner");
+    let mut dead = nodes.remove(at);
+    dead.proc.kill().await;
+    // Everyone is cut off: the dead node's own player at once, the others when their
+    // node notices the owner is gone (1012: reconnect).
+    let mut seen = Vec::new();
+    for (c, who) in [(&mut host, "host"), (&mut p2, "p2"), (&mut p3, "p3")] {
+        if let Some(code) = cut_off(c).await {
+            assert_eq!(code, CloseCode::Restart, "{who}");
+        }
+        seen.push((who, c.seen));
+    }
+    // Back on the two live nodes, with the version each last saw.
+    let mut back = Vec::new();
+    for (i, (who, last)) in seen.iter().enumerate() {
+        let node = &nodes[i % nodes.len()];
+        let name: &'static str = who;
+        let (c, hello) = rejoin(node, name, room, who, Some(*last)).await;
+        let version = hello["snapshot"]["version"].as_u64().expect("version");
+        assert!(
+            version > *last,
+            "{who} resumes past everything it saw: {hello}"
+        );
+        assert!(
+            hello["snapshot"]["players"][1]["isReady"] == true,
+            "the change survived: {hello}"
+        );
+        back.push(c);
+    }
+    let [mut host, mut p2, mut p3] = <[Client; 3]>::try_from(back).ok().expect("three");
+    for c in [&mut host, &mut p2, &mut p3] {
+        c.seen = 0;
+    }
+    host.send(json!({"type":"advance_phase","roomCode":room,"playerId":"host"}))
+        .await;
+    let v = all_see(&mut [&mut host, &mut p2, &mut p3], "status_changed").await;
+    let log = await_log(&database.url, room, v).await;
+    assert_one_sequence(&log);
+    let versions: Vec<i64> = log.iter().map(|(v, _)| *v).collect();
+    assert!(
+        versions.contains(&(before as i64)),
+        "the change before the kill is stored once: {log:?}"
+    );
+    let (epoch, new_owner) = owner_epoch(&database.url, room).await.expect("owner");
+    assert!(epoch >= 2, "taken over under a new epoch");
+    assert_ne!(new_owner, owner_id);
+}
+
+/// SIGTERM of the owner with players mid-game: the room is handed over at once. The
+/// lease lives 60 s here: had anyone waited for it, the rejoins below would time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_the_room_over_and_nobody_waits_for_a_lease_to_expire() {
+    let database = db::fresh_postgres().await;
+    let prefix = prefix();
+    let mut nodes = Vec::new();
+    for id in ["node-a", "node-b", "node-c"] {
+        nodes.push(
+            Node::start(
+                &database.url,
+                MACHINE_REDIS,
+                &prefix,
+                id,
+                &[("CLUSTER_LEASE_TTL_MS", "60000")],
+            )
+            .await,
+        );
+    }
+    for node in &mut nodes {
+        node.proc
+            .find("sees all three nodes", |v| {
+                v["message"] == "cluster_membership_changed" && v["live"] == 3
+            })
+            .await;
+    }
+    let room = "HANDED";
+    let (mut host, mut p2, mut p3) = seat_three(&nodes, room).await;
+    p3.set_ready(room, "p3", true).await;
+    let before = all_see(&mut [&mut host, &mut p2, &mut p3], "ready_update").await;
+
+    let owner_id = owner_of(&database.url, &nodes, room).await.id.clone();
+    let at = nodes.iter().position(|n| n.id == owner_id).expect("owner");
+    let mut leaving = nodes.remove(at);
+    leaving.proc.sigterm().await;
+    let mut seen = Vec::new();
+    for (c, who) in [(&mut host, "host"), (&mut p2, "p2"), (&mut p3, "p3")] {
+        assert_eq!(c.close_code().await, CloseCode::Restart, "{who}");
+        seen.push((who, c.seen));
+    }
+    leaving.proc.find_message("rooms_handed_over").await;
+    assert!(leaving.proc.wait_exit().await.success());
+    // The change made just before is in the store: it was saved before the lease went.
+    let log = await_log(&database.url, room, before).await;
+    assert!(log.iter().any(|(v, _)| *v == before as i64), "{log:?}");
+
+    let mut back = Vec::new();
+    for (i, (who, last)) in seen.iter().enumerate() {
+        let (c, hello) = rejoin(&nodes[i % 2], who, room, who, Some(*last)).await;
+        assert_eq!(hello["snapshot"]["players"][2]["isReady"], true, "{hello}");
+        back.push(c);
+    }
+    let [mut host, mut p2, mut p3] = <[Client; 3]>::try_from(back).ok().expect("three");
+    host.send(json!({"type":"advance_phase","roomCode":room,"playerId":"host"}))
+        .await;
+    let v = all_see(&mut [&mut host, &mut p2, &mut p3], "status_changed").await;
+    assert_one_sequence(&await_log(&database.url, room, v).await);
 }

@@ -25,7 +25,13 @@ fn text(frame: &Frame) -> String {
 }
 
 impl RemoteLink {
-    pub fn new(cluster: Arc<Cluster>, node: Arc<str>, id: u64, room: Arc<str>, epoch: u64) -> Arc<Self> {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        node: Arc<str>,
+        id: u64,
+        room: Arc<str>,
+        epoch: u64,
+    ) -> Arc<Self> {
         Arc::new(RemoteLink {
             node,
             id,

@@ -98,6 +98,8 @@ pub struct Cluster {
     /// Milliseconds since `started` at which this node's own probe last came back.
     probe_seen: AtomicU64,
     redis_ok: AtomicBool,
+    /// Set by `leave`: the membership key is not announced again.
+    left: AtomicBool,
     pub metrics: Arc<Metrics>,
     key_script: (redis::Script, redis::Script, redis::Script),
 }
@@ -185,6 +187,7 @@ impl Cluster {
             started: Instant::now(),
             probe_seen: AtomicU64::new(0),
             redis_ok: AtomicBool::new(true),
+            left: AtomicBool::new(false),
             metrics,
             key_script: (
                 redis::Script::new(ACQUIRE),
@@ -194,7 +197,12 @@ impl Cluster {
         });
         cluster.announce().await?;
         cluster.refresh_members().await?;
-        tokio::spawn(publisher(cluster.redis.clone(), out_rx, cluster.out_bytes.clone(), cluster.metrics.clone()));
+        tokio::spawn(publisher(
+            cluster.redis.clone(),
+            out_rx,
+            cluster.out_bytes.clone(),
+            cluster.metrics.clone(),
+        ));
         // The inbox: pushes become messages; the probe's own pings are consumed here.
         let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
         let weak = Arc::downgrade(&cluster);
@@ -203,7 +211,9 @@ impl Cluster {
             let _subscriber = subscriber;
             while let Some(push) = push_rx.recv().await {
                 let Some(cluster) = weak.upgrade() else { break };
-                let Some(message) = decode_push(&push) else { continue };
+                let Some(message) = decode_push(&push) else {
+                    continue;
+                };
                 match message {
                     Message::Ping { .. } => cluster.probe_seen.store(
                         cluster.started.elapsed().as_millis() as u64,
@@ -267,11 +277,21 @@ impl Cluster {
     }
 
     async fn announce(&self) -> Result<(), ClusterError> {
+        if self.left.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let mut redis = self.redis.clone();
         let ttl = self.lease_ttl.as_millis() as u64;
         let key = self.key("node", &self.node);
-        let result: Result<(), ClusterError> =
-            bounded(redis::cmd("SET").arg(&key).arg("1").arg("PX").arg(ttl).query_async(&mut redis)).await;
+        let result: Result<(), ClusterError> = bounded(
+            redis::cmd("SET")
+                .arg(&key)
+                .arg("1")
+                .arg("PX")
+                .arg(ttl)
+                .query_async(&mut redis),
+        )
+        .await;
         self.note(&result);
         result
     }
@@ -309,7 +329,12 @@ impl Cluster {
             }
             let gone: Vec<&String> = current.difference(&live).collect();
             let joined: Vec<&String> = live.difference(current).collect();
-            tracing::info!(?gone, ?joined, live = live.len(), "cluster_membership_changed");
+            tracing::info!(
+                ?gone,
+                ?joined,
+                live = live.len(),
+                "cluster_membership_changed"
+            );
             *current = Arc::new(live.clone());
             true
         });
@@ -439,6 +464,7 @@ impl Cluster {
 
     /// Leaves the cluster: the membership key goes at once, not after its TTL.
     pub async fn leave(&self) {
+        self.left.store(true, Ordering::Release);
         let mut redis = self.redis.clone();
         let result: Result<i64, ClusterError> = bounded(
             redis::cmd("DEL")
@@ -540,7 +566,12 @@ async fn membership_loop(cluster: std::sync::Weak<Cluster>, stop: CancellationTo
         let _ = cluster.announce().await;
         let _ = cluster.refresh_members().await;
         let node = cluster.node.clone();
-        cluster.send(&node, &Message::Ping { nonce: rand::random() });
+        cluster.send(
+            &node,
+            &Message::Ping {
+                nonce: rand::random(),
+            },
+        );
     }
 }
 

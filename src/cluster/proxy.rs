@@ -11,7 +11,9 @@ use super::wire::{Answer, Message, Relayed};
 use crate::edge::frame::{Frame, close};
 use crate::observe::ConnId;
 use crate::outbox::{Outbox, Push};
-use crate::owner::{Done, Member, RoomHandle, RoomInfo, RoomMsg, Sink, WatchEvent, WatcherCount};
+use crate::owner::{
+    Done, Exit, Member, RoomHandle, RoomInfo, RoomMsg, Sink, WatchEvent, WatcherCount,
+};
 use crate::protocol::server::ServerMessage;
 use crate::protocol::{ErrorCode, Rejection};
 use crate::telemetry::Metrics;
@@ -55,6 +57,8 @@ struct Proxy {
     next_seq: u64,
     watcher_count: Arc<WatcherCount>,
     tx: mpsc::WeakSender<RoomMsg>,
+    /// The owner closed the room (not moved it): its code is retired here too.
+    closed: bool,
 }
 
 /// Starts a relay of `code`, whose owner is `owner`. `on_exit` runs when it ends.
@@ -63,7 +67,7 @@ pub fn spawn(
     owner: String,
     cluster: Arc<Cluster>,
     watcher_count: Arc<WatcherCount>,
-    on_exit: impl FnOnce() + Send + 'static,
+    on_exit: impl FnOnce(Exit) + Send + 'static,
 ) -> RoomHandle {
     let (tx, rx) = mpsc::channel(QUEUE);
     let code: Arc<str> = code.into();
@@ -78,11 +82,12 @@ pub fn spawn(
         next_seq: 1,
         watcher_count,
         tx: tx.downgrade(),
+        closed: false,
         cluster,
     };
     tokio::spawn(async move {
-        proxy.run(rx).await;
-        on_exit();
+        let exit = proxy.run(rx).await;
+        on_exit(exit);
     });
     RoomHandle::new(code, tx)
 }
@@ -92,7 +97,7 @@ fn unavailable(message: &str) -> Rejection {
 }
 
 impl Proxy {
-    async fn run(mut self, mut rx: mpsc::Receiver<RoomMsg>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<RoomMsg>) -> Exit {
         let mut live = self.cluster.watch_live();
         let mut idle = tokio::time::interval(IDLE);
         idle.tick().await;
@@ -129,6 +134,11 @@ impl Proxy {
                 link: self.link,
             },
         );
+        if self.closed {
+            Exit::Ended
+        } else {
+            Exit::Moved
+        }
     }
 
     /// Handles one message; false once the relay is to stop.
@@ -156,8 +166,12 @@ impl Proxy {
                     out,
                     waiting: true,
                 });
-                let (cluster, owner, link, tx) =
-                    (self.cluster.clone(), self.owner.clone(), self.link, self.tx.clone());
+                let (cluster, owner, link, tx) = (
+                    self.cluster.clone(),
+                    self.owner.clone(),
+                    self.link,
+                    self.tx.clone(),
+                );
                 tokio::spawn(async move {
                     let answer = cluster
                         .call(&owner, |call| Message::Attach {
@@ -294,7 +308,12 @@ impl Proxy {
                 let _ = reply.send(());
             }
             RoomMsg::Relayed(message) => return self.relayed(*message),
-            RoomMsg::Stop { code, reason, reply, .. } => {
+            RoomMsg::Stop {
+                code,
+                reason,
+                reply,
+                ..
+            } => {
                 self.close_all(code, reason);
                 if let Some(reply) = reply {
                     let _ = reply.send(());
@@ -406,6 +425,7 @@ impl Proxy {
                 }
             }
             Relayed::Gone { code, reason } => {
+                self.closed = code == close::ROOM_CLOSED;
                 self.close_all(code, &reason);
                 return false;
             }
@@ -417,7 +437,11 @@ impl Proxy {
         for m in self.members.drain(..) {
             m.out.close_with_reason(code, reason);
         }
-        for w in self.watchers.drain(..).chain(self.waiting_watchers.drain(..)) {
+        for w in self
+            .watchers
+            .drain(..)
+            .chain(self.waiting_watchers.drain(..))
+        {
             w.out.close(code);
         }
     }

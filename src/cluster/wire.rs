@@ -80,6 +80,11 @@ pub enum Message {
         stored: Box<crate::room::StoredRoom>,
         seeded: bool,
     },
+    /// A room's previous owner handed it over: the node it now prefers takes it
+    /// over at once, before any client comes back.
+    Adopt {
+        room: String,
+    },
     Answer {
         call: u64,
         answer: Answer,
@@ -119,15 +124,29 @@ pub enum Relayed {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "t", rename_all = "snake_case")]
 pub enum Answer {
-    Attached { result: Result<(), Rejection> },
+    Attached {
+        result: Result<(), Rejection>,
+    },
     /// The room's version after the change.
-    Applied { result: Result<u64, Rejection> },
-    Info { info: RemoteInfo },
-    Closed { snapshot: RoomSnapshot },
-    Linked { result: Result<(), Rejection> },
-    Created { result: Result<(), Rejection> },
+    Applied {
+        result: Result<u64, Rejection>,
+    },
+    Info {
+        info: RemoteInfo,
+    },
+    Closed {
+        snapshot: RoomSnapshot,
+    },
+    Linked {
+        result: Result<(), Rejection>,
+    },
+    Created {
+        result: Result<(), Rejection>,
+    },
     /// The node asked does not own the room and could not take it.
-    Refused { why: Rejection },
+    Refused {
+        why: Rejection,
+    },
 }
 
 /// `RoomInfo` as it crosses nodes.
@@ -149,7 +168,8 @@ impl Message {
             | Message::Close { room, .. }
             | Message::Link { room, .. }
             | Message::Unlink { room, .. }
-            | Message::Create { room, .. } => Some(room),
+            | Message::Create { room, .. }
+            | Message::Adopt { room } => Some(room),
             _ => None,
         }
     }

@@ -124,7 +124,9 @@ async fn handle(
             .find(&room_code)
             .await
             .map_err(|why| match why.code {
-                ErrorCode::RoomNotFound => Rejection::new(ErrorCode::RoomNotFound, "room_not_found"),
+                ErrorCode::RoomNotFound => {
+                    Rejection::new(ErrorCode::RoomNotFound, "room_not_found")
+                }
                 _ => why,
             })
     };

@@ -420,15 +420,14 @@ impl Reader {
                 "token is for another room or player",
             ));
         }
-        let room =
-            match (
-                join.initial_snapshot,
-                self.app.config.allow_client_seeded_rooms,
-            ) {
-                (Some(seed), true) => {
-                    let (app, peer) = (&self.app, self.peer);
-                    app.registry
-                        .get_or_create(&join.room_code, || {
+        let room = match (
+            join.initial_snapshot,
+            self.app.config.allow_client_seeded_rooms,
+        ) {
+            (Some(seed), true) => {
+                let (app, peer) = (&self.app, self.peer);
+                app.registry
+                    .get_or_create(&join.room_code, || {
                         if !app.seed_limiter.allow(peer, Instant::now()) {
                             return Err(Rejection::new(
                                 ErrorCode::RateLimited,
@@ -444,9 +443,9 @@ impl Reader {
                         Room::from_seed(&join.room_code, &seed)
                     })
                     .await?
-                }
-                _ => self.app.registry.find(&join.room_code).await?,
-            };
+            }
+            _ => self.app.registry.find(&join.room_code).await?,
+        };
         let member = Member {
             conn: self.conn,
             player_id: join.player_id.clone(),

@@ -149,10 +149,21 @@ impl ServerMessage<'_> {
     /// receives it as text from another node); `None` for a name no message has.
     pub fn kind_named(kind: &str) -> Option<&'static str> {
         [
-            "hello_ack", "room_state", "player_joined", "player_left", "ready_update",
-            "phase_changed", "status_changed", "presentation_state", "canvas_delta",
-            "big_idea_submitted", "settings_changed", "brief_updated", "content_submitted",
-            "heartbeat", "error",
+            "hello_ack",
+            "room_state",
+            "player_joined",
+            "player_left",
+            "ready_update",
+            "phase_changed",
+            "status_changed",
+            "presentation_state",
+            "canvas_delta",
+            "big_idea_submitted",
+            "settings_changed",
+            "brief_updated",
+            "content_submitted",
+            "heartbeat",
+            "error",
         ]
         .into_iter()
         .find(|k| *k == kind)

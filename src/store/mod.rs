@@ -186,8 +186,14 @@ impl Batch<'_> {
     /// The (room, epoch) pairs the batch's rows were made under, in cluster mode.
     fn fences(&self) -> Vec<(&str, u64)> {
         let events = self.events.iter().map(|e| (e.room_code.as_str(), e.epoch));
-        let canvases = self.canvases.iter().map(|c| (c.room_code.as_str(), c.epoch));
-        let snapshots = self.snapshots.iter().map(|s| (s.room_code.as_str(), s.epoch));
+        let canvases = self
+            .canvases
+            .iter()
+            .map(|c| (c.room_code.as_str(), c.epoch));
+        let snapshots = self
+            .snapshots
+            .iter()
+            .map(|s| (s.room_code.as_str(), s.epoch));
         let mut fences: Vec<(&str, u64)> = events
             .chain(canvases)
             .chain(snapshots)
@@ -623,9 +629,11 @@ impl Store {
         let rows: Vec<(String, i64)> = self
             .read(
                 "owner epochs",
-                sqlx::query_as("SELECT room_code, epoch FROM room_owners WHERE room_code = ANY($1)")
-                    .bind(codes)
-                    .fetch_all(pool),
+                sqlx::query_as(
+                    "SELECT room_code, epoch FROM room_owners WHERE room_code = ANY($1)",
+                )
+                .bind(codes)
+                .fetch_all(pool),
             )
             .await?;
         Ok(rows

@@ -1082,9 +1082,7 @@ impl Writer {
     /// rooms now. Every row of those (room, epoch) pairs leaves the batch and the
     /// queue (written, they would fork the room's history), and each owner is told.
     fn fenced(&mut self, stale: &[(String, u64)]) {
-        let is_stale = |room: &str, epoch: u64| {
-            stale.iter().any(|(r, e)| r == room && *e == epoch)
-        };
+        let is_stale = |room: &str, epoch: u64| stale.iter().any(|(r, e)| r == room && *e == epoch);
         let mut dropped = (0usize, 0usize);
         let mut keep = |item: &Item| {
             let (room, epoch) = item.fence();

@@ -75,7 +75,10 @@ impl TestServer {
             .map(|(i, id)| player(id, i as i64, i == 0))
             .collect();
         let room = Room::new(code, players, settings).expect("valid room");
-        self.handle.registry().create_here(room).expect("room created")
+        self.handle
+            .registry()
+            .create_here(room)
+            .expect("room created")
     }
 
     pub fn token(&self, room: &str, player: &str) -> String {
