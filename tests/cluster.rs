@@ -216,9 +216,7 @@ async fn all_see(clients: &mut [&mut Client], kind: &str) -> u64 {
             break v;
         }
     };
-    let version = first["version"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{first}"));
+    let version = common::version_of(&first).unwrap_or_else(|| panic!("{first}"));
     for c in clients.iter_mut().skip(1) {
         let seen = c.see(kind, version).await;
         assert_eq!(seen, first, "{} got the same message", c.name());
@@ -745,4 +743,339 @@ async fn sigterm_hands_the_room_over_and_nobody_waits_for_a_lease_to_expire() {
         .await;
     let v = all_see(&mut [&mut host, &mut p2, &mut p3], "status_changed").await;
     assert_one_sequence(&await_log(&database.url, room, v).await);
+}
+
+/// Closes each client's socket and joins again on its node with the version it last
+/// saw; returns the clients. Nothing a client held may be ahead of the room.
+async fn reseat(seats: Vec<(Client, &Node, &'static str)>, room: &str) -> Vec<Client> {
+    let mut back = Vec::new();
+    for (c, node, who) in seats {
+        let last = c.seen;
+        drop(c);
+        let (c, hello) = rejoin(node, who, room, who, Some(last)).await;
+        let version = hello["snapshot"]["version"].as_u64().expect("version");
+        assert!(
+            version >= last,
+            "{who} held v{last}, the room is at v{version}: {hello}"
+        );
+        back.push(c);
+    }
+    back
+}
+
+/// Redis restarted mid-game (a Redis of the test's own, nothing kept on disk): the
+/// nodes say so (`/readyz` 503), keep serving their own rooms, and rejoin when it
+/// returns; nothing is lost or stored twice and every client ends on one snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_mid_game_loses_nothing_and_every_client_converges() {
+    let database = db::fresh_postgres().await;
+    let mut redis = OwnRedis::start().await;
+    let prefix = prefix();
+    let mut nodes = three_nodes(&database.url, &redis.url(), &prefix).await;
+    let room = "REDISR";
+    let (mut host, mut p2, mut p3) = seat_three(&nodes, room).await;
+    p2.set_ready(room, "p2", true).await;
+    all_see(&mut [&mut host, &mut p2, &mut p3], "ready_update").await;
+    let owner_id = owner_of(&database.url, &nodes, room).await.id.clone();
+    let owner_at = nodes.iter().position(|n| n.id == owner_id).expect("owner");
+
+    redis.down().await;
+    for node in &nodes {
+        node.await_ready(false).await;
+    }
+    for node in &mut nodes {
+        node.proc.find_message("cluster_redis_unreachable").await;
+    }
+    // The owner's own player goes on playing meanwhile.
+    let mut seats = vec![(host, "host"), (p2, "p2"), (p3, "p3")];
+    let local = &mut seats[owner_at];
+    let who = local.1;
+    local.0.set_ready(room, who, false).await;
+    let during = loop {
+        let v = local.0.recv().await;
+        if v["type"] == "ready_update" {
+            break v["version"].as_u64().expect("version");
+        }
+    };
+    await_log(&database.url, room, during).await;
+
+    redis.up().await;
+    for node in &nodes {
+        node.await_ready(true).await;
+    }
+    for node in &mut nodes {
+        node.proc.find_message("cluster_redis_recovered").await;
+    }
+    let seats: Vec<(Client, &Node, &'static str)> = seats
+        .into_iter()
+        .enumerate()
+        .map(|(i, (c, who))| (c, &nodes[i], who))
+        .collect();
+    let mut back = reseat(seats, room).await;
+    back[2].set_ready(room, "p3", true).await;
+    let [host, p2, p3] = &mut back[..] else {
+        panic!("three")
+    };
+    let v = all_see(&mut [host, p2, p3], "room_state").await;
+    let log = await_log(&database.url, room, v).await;
+    assert_one_sequence(&log);
+    assert!(
+        log.iter().any(|(x, _)| *x == during as i64),
+        "the change during the outage is stored: {log:?}"
+    );
+}
+
+/// One node cut from Redis (a proxy in front of Redis for that node only) while it
+/// owns a room mid-game: the others take the room over under a new epoch, the cut
+/// node stops serving it (its sockets 1012) and never gets a write accepted after the
+/// takeover; the players finish on the other nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_from_redis_loses_its_room_through_the_fence() {
+    let database = db::fresh_postgres().await;
+    let prefix = prefix();
+    let room = "CUTOFF";
+    let ids = ["node-a", "node-b", "node-c"];
+    let set: std::collections::BTreeSet<String> = ids.iter().map(|s| s.to_string()).collect();
+    let owner_id = karaoke_realtime::cluster::preferred(room, &set).expect("a node");
+    let redis_addr: SocketAddr = "127.0.0.1:6379".parse().expect("addr");
+    let proxy = Proxy::start(redis_addr).await;
+    let proxied = format!("redis://{}", proxy.addr);
+    let mut nodes = Vec::new();
+    for id in ids {
+        let url = if id == owner_id {
+            proxied.as_str()
+        } else {
+            MACHINE_REDIS
+        };
+        nodes.push(Node::start(&database.url, url, &prefix, id, &[]).await);
+    }
+    for node in &mut nodes {
+        node.proc
+            .find("sees all three nodes", |v| {
+                v["message"] == "cluster_membership_changed" && v["live"] == 3
+            })
+            .await;
+    }
+    let (mut host, mut p2, mut p3) = seat_three(&nodes, room).await;
+    p2.set_ready(room, "p2", true).await;
+    let before = all_see(&mut [&mut host, &mut p2, &mut p3], "ready_update").await;
+    await_log(&database.url, room, before).await;
+    assert_eq!(
+        owner_epoch(&database.url, room).await.expect("owner"),
+        (1, owner_id.clone())
+    );
+
+    proxy.cut().await;
+    // Everyone is sent away with 1012: the cut node's players when it learns the room
+    // is no longer its own, the others' when their node sees the owner gone.
+    let mut seen = Vec::new();
+    for (c, who) in [(&mut host, "host"), (&mut p2, "p2"), (&mut p3, "p3")] {
+        assert_eq!(cut_off(c).await, Some(CloseCode::Restart), "{who}");
+        seen.push((who, c.seen));
+    }
+    let (epoch, new_owner) = owner_epoch(&database.url, room).await.expect("owner");
+    assert!(
+        epoch >= 2 && new_owner != owner_id,
+        "taken over: {epoch} {new_owner}"
+    );
+    let cut = nodes
+        .iter()
+        .position(|n| n.id == owner_id)
+        .expect("cut node");
+    let line = nodes[cut]
+        .proc
+        .find("the cut node stops serving the room", |v| {
+            v["roomCode"] == room
+                && (v["message"] == "room_epoch_moved" || v["message"] == "persist_fenced")
+        })
+        .await;
+    assert!(
+        line["message"] == "room_epoch_moved" || line["message"] == "persist_fenced",
+        "{line}"
+    );
+    nodes[cut].await_ready(false).await;
+
+    let live: Vec<&Node> = nodes.iter().filter(|n| n.id != owner_id).collect();
+    let mut back = Vec::new();
+    for (i, (who, last)) in seen.iter().enumerate() {
+        let (c, hello) = rejoin(live[i % 2], who, room, who, Some(*last)).await;
+        assert_eq!(hello["snapshot"]["players"][1]["isReady"], true, "{hello}");
+        back.push(c);
+    }
+    let [mut host, mut p2, mut p3] = <[Client; 3]>::try_from(back).ok().expect("three");
+    host.send(json!({"type":"advance_phase","roomCode":room,"playerId":"host"}))
+        .await;
+    let v = all_see(&mut [&mut host, &mut p2, &mut p3], "status_changed").await;
+    let log = await_log(&database.url, room, v).await;
+    assert_one_sequence(&log);
+
+    // Redis comes back for the cut node: it rejoins, and the room stays where it went.
+    proxy.restore();
+    nodes[cut].await_ready(true).await;
+    assert_eq!(
+        owner_epoch(&database.url, room).await.expect("owner"),
+        (epoch, new_owner)
+    );
+}
+
+/// A write under a stale epoch is refused by the store, whole, and names the room;
+/// the current epoch's write lands.
+#[tokio::test]
+async fn the_store_refuses_a_write_made_under_a_stale_owner_epoch() {
+    use karaoke_realtime::config::Database;
+    use karaoke_realtime::store::{Batch, EventRow, Store, WriteError};
+    let database = db::fresh_postgres().await;
+    let store = Store::connect(
+        &Database::Postgres(database.url.clone()),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("connect")
+    .expect("a store");
+    store.migrate().await.expect("migrate");
+    let row = |version: u64, epoch: u64| EventRow {
+        room_code: "FENCED".into(),
+        event_type: "ready_update",
+        version,
+        payload: "{}".into(),
+        created_at: time::OffsetDateTime::now_utc(),
+        trace: None,
+        epoch,
+    };
+    let first = store.raise_epoch("FENCED", "node-a").await.expect("epoch");
+    let ok = row(1, first);
+    store
+        .write(&Batch {
+            events: vec![&ok],
+            ..Batch::default()
+        })
+        .await
+        .expect("the owner's write");
+    let second = store.raise_epoch("FENCED", "node-b").await.expect("epoch");
+    assert_eq!(second, first + 1);
+    let (stale, other) = (row(2, first), row(2, 0));
+    let refused = store
+        .write(&Batch {
+            events: vec![&stale],
+            ..Batch::default()
+        })
+        .await
+        .expect_err("a stale owner's write");
+    assert_eq!(refused, WriteError::Fenced(vec![("FENCED".into(), first)]));
+    // Unfenced rows of another room in the same batch are not written either.
+    let mut mixed = row(1, 0);
+    mixed.room_code = "OTHER".into();
+    let refused = store
+        .write(&Batch {
+            events: vec![&mixed, &stale],
+            ..Batch::default()
+        })
+        .await
+        .expect_err("stale");
+    assert!(matches!(refused, WriteError::Fenced(_)));
+    assert_eq!(
+        event_log(&database.url, "FENCED").await,
+        vec![(1, "ready_update".to_string())]
+    );
+    assert!(event_log(&database.url, "OTHER").await.is_empty());
+    let _ = other;
+    let current = row(2, second);
+    store
+        .write(&Batch {
+            events: vec![&current],
+            ..Batch::default()
+        })
+        .await
+        .expect("the new owner's write");
+    assert_eq!(event_log(&database.url, "FENCED").await.len(), 2);
+}
+
+/// Room codes for the fourth-node test: `moving` that prefer node-d among four nodes
+/// and `staying` that do not.
+fn codes_for_four(moving: usize, staying: usize) -> (Vec<String>, Vec<String>) {
+    let four: std::collections::BTreeSet<String> = ["node-a", "node-b", "node-c", "node-d"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let (mut m, mut s) = (Vec::new(), Vec::new());
+    for i in 0.. {
+        let code = format!("ROOM{i:03}");
+        let to_d = karaoke_realtime::cluster::preferred(&code, &four).as_deref() == Some("node-d");
+        if to_d && m.len() < moving {
+            m.push(code);
+        } else if !to_d && s.len() < staying {
+            s.push(code);
+        }
+        if m.len() == moving && s.len() == staying {
+            break;
+        }
+    }
+    (m, s)
+}
+
+/// A fourth node joins: the rooms whose code now prefers it move to it, by hand-over
+/// (a player there is sent away with 1012 and plays on at once); no other room moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fourth_node_takes_only_the_rooms_that_hash_to_it() {
+    let database = db::fresh_postgres().await;
+    let prefix = prefix();
+    let mut nodes = three_nodes(&database.url, MACHINE_REDIS, &prefix).await;
+    let (moving, staying) = codes_for_four(3, 6);
+    let mut a = admin(&nodes[0]).await;
+    for code in moving.iter().chain(&staying) {
+        a.create_room(pb::CreateRoomRequest {
+            code: code.clone(),
+            host: Some(pb_player("host", 0, true)),
+            settings: None,
+        })
+        .await
+        .expect("CreateRoom");
+    }
+    let mut before = std::collections::HashMap::new();
+    for code in moving.iter().chain(&staying) {
+        before.insert(
+            code.clone(),
+            owner_epoch(&database.url, code).await.expect("owner"),
+        );
+    }
+    // A player in one of the rooms that will move.
+    let watched = &moving[0];
+    let mut host = nodes[0].player("host").await;
+    join(&mut host, watched, "host", None, None).await;
+
+    nodes.push(Node::start(&database.url, MACHINE_REDIS, &prefix, "node-d", &[]).await);
+    for node in &mut nodes {
+        node.proc
+            .find("sees all four nodes", |v| {
+                v["message"] == "cluster_membership_changed" && v["live"] == 4
+            })
+            .await;
+    }
+    assert_eq!(host.close_code().await, CloseCode::Restart);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for code in &moving {
+        loop {
+            let (epoch, node) = owner_epoch(&database.url, code).await.expect("owner");
+            if node == "node-d" {
+                assert_eq!(epoch, before[code].0 + 1, "{code}: one takeover");
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{code} moved to node-d: {node}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for code in &staying {
+        assert_eq!(
+            owner_epoch(&database.url, code).await.as_ref(),
+            before.get(code),
+            "{code} stays"
+        );
+    }
+    let (mut host, hello) = rejoin(&nodes[0], "host again", watched, "host", Some(host.seen)).await;
+    assert_eq!(hello["snapshot"]["code"], watched.as_str());
+    host.set_ready(watched, "host", true).await;
+    host.expect("ready_update").await;
 }

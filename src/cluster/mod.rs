@@ -89,11 +89,18 @@ pub struct Cluster {
     /// `version_jump`).
     pub version_jump: u64,
     redis: ConnectionManager,
+    /// The subscriber's connection, pinged on every membership tick: a dropped
+    /// connection reconnects (and resubscribes) only when a command finds it down.
+    subscriber: ConnectionManager,
     out: mpsc::UnboundedSender<(String, String)>,
     out_bytes: Arc<AtomicUsize>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
     next_call: AtomicU64,
     live: watch::Sender<Arc<BTreeSet<String>>>,
+    /// When each node's membership key was last seen: a node is live until its key
+    /// has been missing for a whole lease TTL, so a Redis that restarted empty (every
+    /// key gone until each node announces itself again) moves no room.
+    last_seen: Mutex<HashMap<String, Instant>>,
     started: Instant,
     /// Milliseconds since `started` at which this node's own probe last came back.
     probe_seen: AtomicU64,
@@ -179,11 +186,13 @@ impl Cluster {
             lease_ttl: settings.lease_ttl,
             version_jump: version_jump(config),
             redis,
+            subscriber: subscriber.clone(),
             out,
             out_bytes: Arc::new(AtomicUsize::new(0)),
             pending: Mutex::new(HashMap::new()),
             next_call: AtomicU64::new(1),
             live,
+            last_seen: Mutex::new(HashMap::new()),
             started: Instant::now(),
             probe_seen: AtomicU64::new(0),
             redis_ok: AtomicBool::new(true),
@@ -321,8 +330,17 @@ impl Cluster {
         })
         .await;
         self.note(&result);
-        let mut live: BTreeSet<String> = result?.into_iter().collect();
-        live.insert(self.node.to_string());
+        let found = result?;
+        let live: BTreeSet<String> = {
+            let mut seen = lock(&self.last_seen);
+            let now = Instant::now();
+            for node in found {
+                seen.insert(node, now);
+            }
+            seen.insert(self.node.to_string(), now);
+            seen.retain(|_, at| now.duration_since(*at) < self.lease_ttl);
+            seen.keys().cloned().collect()
+        };
         self.live.send_if_modified(|current| {
             if **current == live {
                 return false;
@@ -565,6 +583,9 @@ async fn membership_loop(cluster: std::sync::Weak<Cluster>, stop: CancellationTo
         };
         let _ = cluster.announce().await;
         let _ = cluster.refresh_members().await;
+        let mut subscriber = cluster.subscriber.clone();
+        let _: Result<String, ClusterError> =
+            bounded(redis::cmd("PING").query_async(&mut subscriber)).await;
         let node = cluster.node.clone();
         cluster.send(
             &node,
