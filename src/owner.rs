@@ -1267,6 +1267,17 @@ impl Owner {
             version: self.room.version(),
         });
         self.broadcast(&frame, None);
+        // Sockets on other nodes get the owner's heartbeat through their relay.
+        for link in &self.links {
+            link.publish(&Publication {
+                room_code: &self.code,
+                version: self.room.version(),
+                kind: "heartbeat",
+                frame: &frame,
+                skip: None,
+                change: false,
+            });
+        }
     }
 }
 

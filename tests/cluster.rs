@@ -56,10 +56,6 @@ impl OwnRedis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
     /// Starts redis-server (nothing kept on disk) and waits until it answers.
     async fn up(&mut self) {
         let child = Command::new("redis-server")
@@ -953,7 +949,7 @@ async fn the_store_refuses_a_write_made_under_a_stale_owner_epoch() {
         .expect("the owner's write");
     let second = store.raise_epoch("FENCED", "node-b").await.expect("epoch");
     assert_eq!(second, first + 1);
-    let (stale, other) = (row(2, first), row(2, 0));
+    let stale = row(2, first);
     let refused = store
         .write(&Batch {
             events: vec![&stale],
@@ -978,7 +974,6 @@ async fn the_store_refuses_a_write_made_under_a_stale_owner_epoch() {
         vec![(1, "ready_update".to_string())]
     );
     assert!(event_log(&database.url, "OTHER").await.is_empty());
-    let _ = other;
     let current = row(2, second);
     store
         .write(&Batch {
@@ -1078,4 +1073,69 @@ async fn a_fourth_node_takes_only_the_rooms_that_hash_to_it() {
     assert_eq!(hello["snapshot"]["code"], watched.as_str());
     host.set_ready(watched, "host", true).await;
     host.expect("ready_update").await;
+}
+
+/// A socket on a node that does not own its room gets the room's heartbeats (the
+/// real client reads them for the version), and a watcher there never does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_on_a_non_owner_gets_the_rooms_heartbeats() {
+    let database = db::fresh_postgres().await;
+    let prefix = prefix();
+    let fast = [
+        ("HEARTBEAT_INTERVAL_MS", "200"),
+        ("HEARTBEAT_TIMEOUT_MS", "60000"),
+    ];
+    let mut nodes = Vec::new();
+    for id in ["node-a", "node-b"] {
+        nodes.push(Node::start(&database.url, MACHINE_REDIS, &prefix, id, &fast).await);
+    }
+    for node in &mut nodes {
+        node.proc
+            .find("sees both nodes", |v| {
+                v["message"] == "cluster_membership_changed" && v["live"] == 2
+            })
+            .await;
+    }
+    let room = "BEATS";
+    let mut host = nodes[0].player("host").await;
+    join(
+        &mut host,
+        room,
+        "host",
+        Some(seed_snapshot(room, &["host", "p2"])),
+        None,
+    )
+    .await;
+    let owner = owner_of(&database.url, &nodes, room).await;
+    let other = nodes
+        .iter()
+        .find(|n| n.id != owner.id)
+        .expect("a non-owner");
+    let mut p2 = other.player("p2").await;
+    let hello = join(&mut p2, room, "p2", None, None).await;
+    let version = hello["snapshot"]["version"].as_u64().expect("version");
+    let mut watch = admin(other)
+        .await
+        .watch_room(pb::WatchRoomRequest {
+            room_code: room.into(),
+        })
+        .await
+        .expect("WatchRoom")
+        .into_inner();
+    let beat = loop {
+        let v = p2.recv_any().await;
+        if v["type"] == "heartbeat" {
+            break v;
+        }
+    };
+    assert_eq!(beat["roomCode"], room, "{beat}");
+    assert_eq!(beat["version"], version, "{beat}");
+    // Two heartbeats later, the watcher has had its room_state and nothing else.
+    for _ in 0..2 {
+        while p2.recv_any().await["type"] != "heartbeat" {}
+    }
+    let first = watch.message().await.expect("open").expect("an event");
+    assert_eq!(first.r#type, "room_state");
+    let next = tokio::time::timeout(Duration::from_millis(300), watch.message()).await;
+    assert!(next.is_err(), "no heartbeat reaches a watcher: {next:?}");
 }

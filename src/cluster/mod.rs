@@ -29,6 +29,9 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const OUTGOING_BYTES: usize = 64 << 20;
 /// Messages published in one pipeline at most.
 const PUBLISH_BATCH: usize = 256;
+/// Messages from Redis waiting for the dispatcher at most; past it one is dropped
+/// and counted (a relay then sees a gap and resyncs, a call times out).
+const INBOX: usize = 65_536;
 /// Every Redis command's bound.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 /// A node is not ready when its own probe has not come back for this long.
@@ -167,11 +170,18 @@ impl Cluster {
                 .clone()
                 .set_protocol(redis::ProtocolVersion::RESP3),
         );
-        let (push_tx, mut push_rx) = mpsc::unbounded_channel();
+        let (push_tx, mut push_rx) = mpsc::channel(INBOX);
+        let dropped = metrics.clone();
+        let push_sender = move |push: redis::PushInfo| {
+            if push_tx.try_send(push).is_err() {
+                Metrics::inc(&dropped.counters.cluster_messages_dropped_total);
+            }
+            Ok::<(), std::convert::Infallible>(())
+        };
         let mut subscriber = bounded(ConnectionManager::new_with_config(
             redis::Client::open(resp3)?,
             manager_config()
-                .set_push_sender(push_tx)
+                .set_push_sender(push_sender)
                 .set_automatic_resubscription(),
         ))
         .await?;
@@ -214,6 +224,7 @@ impl Cluster {
         ));
         // The inbox: pushes become messages; the probe's own pings are consumed here.
         let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
+        // (Unbounded only in type: it is fed from `push_rx`, bounded above, one for one.)
         let weak = Arc::downgrade(&cluster);
         tokio::spawn(async move {
             // Held so the subscription lives as long as the inbox is read.

@@ -379,7 +379,8 @@ impl Proxy {
                         Metrics::inc(&self.cluster.metrics.counters.slow_consumer_closes_total);
                     }
                 }
-                if !self.watchers.is_empty() {
+                // Watchers get every event, not heartbeats (as on the owner's node).
+                if !self.watchers.is_empty() && kind != "heartbeat" {
                     let event = WatchEvent {
                         kind: ServerMessage::kind_named(&kind).unwrap_or("event"),
                         version,
