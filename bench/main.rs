@@ -33,7 +33,8 @@ use tokio_util::sync::CancellationToken;
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const USAGE: &str = "usage: karaoke-bench --scenario broadcast|ready|join [options]
-  --url URL          players' WebSocket URL (default ws://127.0.0.1:8080/)
+  --url URL[,URL…]   players' WebSocket URL (default ws://127.0.0.1:8080/); several
+                     (cluster nodes): each room's seats are spread over them in turn
   --secret S         REALTIME_SHARED_SECRET of the server (or env)
   --rooms N          rooms (default 100)
   --players N        players per room (default 8)
@@ -41,7 +42,8 @@ const USAGE: &str = "usage: karaoke-bench --scenario broadcast|ready|join [optio
   --duration S       measured seconds (default 10)
   --warmup S         seconds before measuring (default 2)
   --concurrency N    joins in flight (default 200)
-  --server-pid PID   read the server's RSS and CPU time from /proc
+  --server-pid PID[,PID…]
+                     read the servers' RSS and CPU time from /proc (summed)
   --addresses N      loopback source addresses, one per room in turn (default 200;
                      0 = connect from the system's choice)
   --seed-host-only   only the first join of a room carries initialSnapshot (the
@@ -54,7 +56,7 @@ const USAGE: &str = "usage: karaoke-bench --scenario broadcast|ready|join [optio
 #[derive(Clone)]
 struct Opts {
     scenario: String,
-    url: String,
+    urls: Vec<String>,
     secret: String,
     rooms: usize,
     players: usize,
@@ -62,7 +64,7 @@ struct Opts {
     duration: Duration,
     warmup: Duration,
     concurrency: usize,
-    server_pid: Option<u32>,
+    server_pids: Vec<u32>,
     addresses: usize,
     seed_every_join: bool,
     heartbeat: Option<Duration>,
@@ -73,7 +75,7 @@ struct Opts {
 fn parse() -> Result<Opts, String> {
     let mut o = Opts {
         scenario: String::new(),
-        url: "ws://127.0.0.1:8080/".into(),
+        urls: vec!["ws://127.0.0.1:8080/".into()],
         secret: std::env::var("REALTIME_SHARED_SECRET").unwrap_or_default(),
         rooms: 100,
         players: 8,
@@ -81,7 +83,7 @@ fn parse() -> Result<Opts, String> {
         duration: Duration::from_secs(10),
         warmup: Duration::from_secs(2),
         concurrency: 200,
-        server_pid: None,
+        server_pids: Vec::new(),
         addresses: 200,
         seed_every_join: true,
         heartbeat: Some(Duration::from_secs(15)),
@@ -102,7 +104,7 @@ fn parse() -> Result<Opts, String> {
         };
         match flag.as_str() {
             "--scenario" => o.scenario = value.clone(),
-            "--url" => o.url = value.clone(),
+            "--url" => o.urls = value.split(',').map(str::to_string).collect(),
             "--secret" => o.secret = value.clone(),
             "--rooms" => o.rooms = num(value)? as usize,
             "--players" => o.players = num(value)? as usize,
@@ -110,7 +112,12 @@ fn parse() -> Result<Opts, String> {
             "--duration" => o.duration = Duration::from_secs_f64(num(value)?),
             "--warmup" => o.warmup = Duration::from_secs_f64(num(value)?),
             "--concurrency" => o.concurrency = num(value)?.max(1.0) as usize,
-            "--server-pid" => o.server_pid = Some(num(value)? as u32),
+            "--server-pid" => {
+                o.server_pids = value
+                    .split(',')
+                    .map(|p| p.parse::<u32>().map_err(|_| format!("{flag}: not a pid list")))
+                    .collect::<Result<_, _>>()?
+            }
             "--addresses" => o.addresses = (num(value)? as usize).min(250),
             "--heartbeat-ms" => {
                 let ms = num(value)?;
@@ -133,9 +140,19 @@ fn parse() -> Result<Opts, String> {
     Ok(o)
 }
 
-/// The server's resident memory (KiB) and CPU time (seconds), from /proc.
-fn server_usage(pid: Option<u32>) -> Option<(u64, f64)> {
-    let pid = pid?;
+/// The servers' resident memory (KiB) and CPU time (seconds), from /proc, summed
+/// over every server process given (a cluster's nodes together).
+fn server_usage(pids: &[u32]) -> Option<(u64, f64)> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().try_fold((0, 0.0), |(rss, cpu), pid| {
+        let (r, c) = process_usage(*pid)?;
+        Some((rss + r, cpu + c))
+    })
+}
+
+fn process_usage(pid: u32) -> Option<(u64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let rss = status
         .lines()
@@ -195,7 +212,7 @@ async fn join(
     let started = Instant::now();
     let code = room_code(room);
     let pid = player_id(seat);
-    let mut ws = connect(o, room).await?;
+    let mut ws = connect(o, room, seat).await?;
     let token = keys.mint_jwt(&code, &pid, now_secs(), 3600);
     let mut msg = json!({"type": "join_room", "roomCode": code, "playerId": pid,
                          "playerToken": token});
@@ -226,22 +243,23 @@ async fn join(
     }
 }
 
-/// Opens the WebSocket of a player of `room`, from that room's loopback address.
-async fn connect(o: &Opts, room: usize) -> Result<Ws, String> {
+/// Opens the WebSocket of the player in `seat` of `room`, from that room's loopback
+/// address, to the seat's server (seats go round the URLs given).
+async fn connect(o: &Opts, room: usize, seat: usize) -> Result<Ws, String> {
+    let url = &o.urls[seat % o.urls.len()];
     // ws://host:port/…
-    let authority = o
-        .url
+    let authority = url
         .strip_prefix("ws://")
         .and_then(|rest| rest.split('/').next())
         .unwrap_or_default();
     let (host, port) = authority.rsplit_once(':').unwrap_or((authority, "80"));
     let port: u16 = port
         .parse()
-        .map_err(|_| format!("--url: bad port in {}", o.url))?;
+        .map_err(|_| format!("--url: bad port in {url}"))?;
     let target: std::net::SocketAddr = match (host, o.addresses) {
         ("127.0.0.1" | "localhost", n) if n > 0 => ([127, 0, 0, 1], port).into(),
         _ => {
-            let (ws, _) = tokio_tungstenite::connect_async(o.url.as_str())
+            let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
                 .await
                 .map_err(|e| format!("connect: {e}"))?;
             return Ok(ws);
@@ -257,7 +275,7 @@ async fn connect(o: &Opts, room: usize) -> Result<Ws, String> {
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let _ = tcp.set_nodelay(true);
-    let (ws, _) = tokio_tungstenite::client_async(o.url.as_str(), MaybeTlsStream::Plain(tcp))
+    let (ws, _) = tokio_tungstenite::client_async(url.as_str(), MaybeTlsStream::Plain(tcp))
         .await
         .map_err(|e| format!("upgrade: {e}"))?;
     Ok(ws)
@@ -543,10 +561,10 @@ async fn run(o: Opts) -> Result<Value, String> {
         o.secret.as_bytes(),
         karaoke_realtime::auth::DEFAULT_MAX_LIFETIME_SECS,
     );
-    let before = server_usage(o.server_pid);
+    let before = server_usage(&o.server_pids);
     let (sockets, join_hist, join_time) = join_all(&o, &keys).await?;
     let joined: usize = sockets.iter().map(Vec::len).sum();
-    let after_join = server_usage(o.server_pid);
+    let after_join = server_usage(&o.server_pids);
     let mut result = json!({
         "scenario": o.scenario, "tag": o.tag, "rooms": o.rooms, "players": o.players,
         "sockets": joined,
@@ -590,13 +608,13 @@ async fn run(o: Opts) -> Result<Value, String> {
         }
     }
     tokio::time::sleep(o.warmup).await;
-    let cpu0 = server_usage(o.server_pid);
+    let cpu0 = server_usage(&o.server_pids);
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(o.duration).await;
     measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu1 = server_usage(o.server_pid);
+    let cpu1 = server_usage(&o.server_pids);
     let delivered = tally.delivered.load(Ordering::Relaxed);
     let sent = tally.sent.load(Ordering::Relaxed);
     // Let in-flight messages land before stopping (they are not counted).
@@ -675,7 +693,7 @@ async fn hold(o: &Opts, sockets: Vec<Vec<Ws>>, result: &mut Value) {
         }
     }
     tokio::time::sleep(o.hold).await;
-    if let Some((rss, _)) = server_usage(o.server_pid) {
+    if let Some((rss, _)) = server_usage(&o.server_pids) {
         result["server_rss_kib_after_hold"] = rss.into();
         if let (Some(before), Some(joined)) = (
             result["server_rss_kib_before"].as_u64(),

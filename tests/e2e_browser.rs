@@ -7,10 +7,11 @@
 //! Variants (one test each):
 //! - `grpc`: the backend drives the room through the admin plane (@grpc/grpc-js);
 //! - `hook`: the backend speaks the HTTP broadcast hook (`/api/broadcast`) with
-//!   client-seeded rooms and legacy tokens, as the existing app does.
-//!
-//! A cluster variant (three nodes, the owner killed mid-game) waits for cluster mode;
-//! `Variant` and the script's `E2E_WS_URLS` list are where it plugs in.
+//!   client-seeded rooms and legacy tokens, as the existing app does;
+//! - `cluster`: three cluster nodes (Redis, one PostgreSQL), the tabs spread over
+//!   them and the backend's admin calls on them in turn; in the pitch phase the test
+//!   kills the room's owner (kill -9) and the tabs reconnect to the live nodes and
+//!   finish the game.
 //!
 //! Screenshots of each tab at the end land in
 //! `<target dir>/e2e-artifacts/<run>/<variant>/tab-N.png` (printed by the test).
@@ -20,7 +21,7 @@
 mod binproc;
 mod common;
 
-use binproc::tools::{missing_tool, run, show, text};
+use binproc::tools::missing_tool;
 use binproc::{Proc, WAIT};
 use common::db;
 use serde_json::Value;
@@ -28,6 +29,7 @@ use sqlx::Connection;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use tokio::io::AsyncBufReadExt;
 use tokio::process::Command;
 
 const SHARED_SECRET: &str = "e2e-browser-shared-secret-4f0a9c";
@@ -39,10 +41,11 @@ const GAME_LIMIT: Duration = Duration::from_secs(240);
 /// The page's heartbeat period, and the server's: a game sees several of each.
 const HEARTBEAT_MS: &str = "2000";
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Variant {
     Grpc,
     Hook,
+    Cluster,
 }
 
 impl Variant {
@@ -50,8 +53,25 @@ impl Variant {
         match self {
             Variant::Grpc => "grpc",
             Variant::Hook => "hook",
+            Variant::Cluster => "cluster",
         }
     }
+
+    /// The script's backend: the cluster variant's is the admin plane.
+    fn backend(self) -> &'static str {
+        match self {
+            Variant::Hook => "hook",
+            Variant::Grpc | Variant::Cluster => "grpc",
+        }
+    }
+}
+
+/// One server process of a game: its node name (cluster mode) and ports.
+struct Server {
+    proc: Proc,
+    node: String,
+    port: u16,
+    admin_port: u16,
 }
 
 /// `<target dir>/e2e-artifacts/<run>/<variant>`: the test binary lives in
@@ -92,8 +112,37 @@ fn require_tools() {
     );
 }
 
-/// The server for one variant, on free ports and its own database.
-async fn server(variant: Variant, database_url: &str) -> (Proc, u16, u16) {
+/// The servers for one variant (three nodes for `cluster`, else one), on free ports
+/// and the variant's own database (and Redis key prefix).
+async fn servers(variant: Variant, database_url: &str) -> Vec<Server> {
+    if variant != Variant::Cluster {
+        return vec![server(variant, database_url, &[]).await];
+    }
+    let prefix = format!("e2e{}", uuid::Uuid::new_v4().simple());
+    let mut nodes = Vec::new();
+    for node in ["node-a", "node-b", "node-c"] {
+        let extra = [
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+            ("REDIS_KEY_PREFIX", prefix.as_str()),
+            ("NODE_ID", node),
+            ("CLUSTER_LEASE_TTL_MS", "1500"),
+        ];
+        let mut s = server(variant, database_url, &extra).await;
+        s.node = node.to_string();
+        nodes.push(s);
+    }
+    // The room goes to the node its code prefers among all three: wait for them all.
+    for s in &mut nodes {
+        s.proc
+            .find("sees the three nodes", |v| {
+                v["message"] == "cluster_membership_changed" && v["live"] == 3
+            })
+            .await;
+    }
+    nodes
+}
+
+async fn server(variant: Variant, database_url: &str, extra: &[(&str, &str)]) -> Server {
     let mut vars = vec![
         ("PORT", "0"),
         ("ADMIN_PORT", "0"),
@@ -112,6 +161,7 @@ async fn server(variant: Variant, database_url: &str) -> (Proc, u16, u16) {
         vars.push(("REALTIME_BROADCAST_SECRET", HOOK_SECRET));
         vars.push(("ALLOW_CLIENT_SEEDED_ROOMS", "true"));
     }
+    vars.extend_from_slice(extra);
     let mut proc = Proc::spawn(&vars);
     let port = proc.listening_port().await;
     let line = proc.find_message("admin_plane_listening").await;
@@ -120,39 +170,131 @@ async fn server(variant: Variant, database_url: &str) -> (Proc, u16, u16) {
         .and_then(|p| u16::try_from(p).ok())
         .filter(|p| *p > 0)
         .unwrap_or_else(|| panic!("admin_plane_listening carries a port: {line}"));
-    (proc, port, admin_port)
+    Server {
+        proc,
+        node: String::new(),
+        port,
+        admin_port,
+    }
 }
 
-/// Runs tests/e2e/game.mjs against the server; returns its `E2E_RESULT` object.
-async fn play(variant: Variant, port: u16, admin_port: u16, artifacts: &Path) -> Value {
+/// The cluster variant's kill: once the store holds `version` of `room`, the node
+/// that owns it is killed (kill -9) and the script is told through its flag file.
+/// Returns the killed node's name.
+async fn kill_owner(
+    servers: &mut [Server],
+    database_url: &str,
+    request: &Value,
+    artifacts: &Path,
+) -> String {
+    let room = request["room"].as_str().expect("the room to kill");
+    let version = request["version"].as_i64().expect("the version the tabs show");
+    let deadline = Instant::now() + WAIT;
+    let owner = loop {
+        let mut conn = sqlx::PgConnection::connect(database_url)
+            .await
+            .expect("the test connects to its database");
+        let (last,): (Option<i64>,) =
+            sqlx::query_as("SELECT MAX(version) FROM room_events WHERE room_code = $1")
+                .bind(room)
+                .fetch_one(&mut conn)
+                .await
+                .expect("read room_events");
+        let owner: Option<(String,)> =
+            sqlx::query_as("SELECT node_id FROM room_owners WHERE room_code = $1")
+                .bind(room)
+                .fetch_optional(&mut conn)
+                .await
+                .expect("read room_owners");
+        if let (Some(last), Some((owner,))) = (last, owner)
+            && last >= version
+        {
+            break owner;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{room} stored up to v{version} within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let node = servers
+        .iter_mut()
+        .find(|s| s.node == owner)
+        .unwrap_or_else(|| panic!("the owner {owner} is one of the nodes"));
+    node.proc.kill().await;
+    std::fs::write(artifacts.join("owner-killed"), owner.as_bytes()).expect("the flag file");
+    eprintln!("e2e cluster: killed {owner}, the owner of {room}, at v{version}");
+    owner
+}
+
+/// Runs tests/e2e/game.mjs against the servers (and, for `cluster`, kills the owner
+/// when the script asks); returns its `E2E_RESULT` object and the node killed.
+async fn play(
+    variant: Variant,
+    servers: &mut [Server],
+    database_url: &str,
+    artifacts: &Path,
+) -> (Value, Option<String>) {
+    let list = |f: &dyn Fn(&Server) -> String| servers.iter().map(f).collect::<Vec<_>>().join(",");
+    let ws_urls = list(&|s| format!("ws://127.0.0.1:{}/", s.port));
+    let admin_addrs = list(&|s| format!("127.0.0.1:{}", s.admin_port));
     let mut cmd = Command::new("node");
     cmd.arg("tests/e2e/game.mjs")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("E2E_BACKEND", variant.name())
-        .env("E2E_WS_URLS", format!("ws://127.0.0.1:{port}/"))
-        .env("E2E_HTTP_URL", format!("http://127.0.0.1:{port}"))
-        .env("E2E_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
+        .env("E2E_BACKEND", variant.backend())
+        .env("E2E_WS_URLS", ws_urls)
+        .env("E2E_HTTP_URL", format!("http://127.0.0.1:{}", servers[0].port))
+        .env("E2E_ADMIN_ADDRS", admin_addrs)
+        .env("E2E_KILL_OWNER", if variant == Variant::Cluster { "1" } else { "0" })
         .env("E2E_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("E2E_SHARED_SECRET", SHARED_SECRET)
         .env("E2E_HOOK_SECRET", HOOK_SECRET)
         .env("E2E_ARTIFACT_DIR", artifacts)
         .env("E2E_HEARTBEAT_MS", HEARTBEAT_MS)
-        .env("E2E_CHROMIUM", CHROMIUM);
-    let out = run("node", cmd, GAME_LIMIT).await;
+        .env("E2E_CHROMIUM", CHROMIUM)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", missing_tool("node")));
+    let stderr = child.stderr.take().expect("piped stderr");
+    let progress = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut { stderr }, &mut text).await;
+        text
+    });
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    let (mut result, mut killed, mut lines) = (None, None, Vec::new());
+    let game = async {
+        while let Some(line) = stdout.next_line().await.expect("read the script's stdout") {
+            if let Some(request) = line.strip_prefix("E2E_KILL_OWNER ") {
+                let request: Value = serde_json::from_str(request).expect("E2E_KILL_OWNER is JSON");
+                killed = Some(kill_owner(servers, database_url, &request, artifacts).await);
+            } else if let Some(found) = line.strip_prefix("E2E_RESULT ") {
+                result = Some(serde_json::from_str::<Value>(found).unwrap_or_else(|e| {
+                    panic!("E2E_RESULT is JSON ({e}): {found}")
+                }));
+            }
+            lines.push(line);
+        }
+        child.wait().await.expect("the script ends")
+    };
+    let status = tokio::time::timeout(GAME_LIMIT, game)
+        .await
+        .unwrap_or_else(|_| panic!("tests/e2e/game.mjs finishes within {GAME_LIMIT:?}"));
+    let progress = progress.await.unwrap_or_default();
     // The script's progress, for whoever reads the test's output.
-    eprintln!("{}", text(&out.stderr));
+    eprintln!("{progress}");
     assert!(
-        out.status.success(),
-        "tests/e2e/game.mjs ({}) plays a whole game:\n{}",
+        status.success(),
+        "tests/e2e/game.mjs ({}) plays a whole game: {status}\nstdout:\n{}\nstderr:\n{progress}",
         variant.name(),
-        show(&out)
+        lines.join("\n")
     );
-    let stdout = text(&out.stdout);
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("E2E_RESULT "))
-        .unwrap_or_else(|| panic!("the script prints its E2E_RESULT line:\n{}", show(&out)));
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("E2E_RESULT is JSON ({e}): {line}"))
+    let result = result.unwrap_or_else(|| panic!("the script prints its E2E_RESULT line"));
+    (result, killed)
 }
 
 /// What the store holds for one room: (version, event_type) of every event, and the
@@ -191,9 +333,10 @@ async fn whole_game(variant: Variant) {
     let _turn = ONE_GAME.lock().await;
     let started = Instant::now();
     let database = db::fresh_postgres().await;
-    let (mut proc, port, admin_port) = server(variant, &database.url).await;
+    let mut servers = servers(variant, &database.url).await;
     let artifacts = artifact_dir(variant);
-    let result = play(variant, port, admin_port, &artifacts).await;
+    let (result, killed) = play(variant, &mut servers, &database.url, &artifacts).await;
+    assert_eq!(killed.is_some(), variant == Variant::Cluster, "only the cluster variant kills");
     let room = result["room"]
         .as_str()
         .unwrap_or_else(|| panic!("E2E_RESULT names the room: {result}"))
@@ -204,8 +347,13 @@ async fn whole_game(variant: Variant) {
 
     // Every tab joined once, sent heartbeats, and was shot at the end.
     assert_eq!(result["tabs"], 4, "{result}");
-    // Tab 3 (index 2) dropped its socket once in the headline phase and came back.
-    assert_eq!(result["joins"], serde_json::json!([1, 1, 2, 1]), "{result}");
+    // Tab 3 (index 2) dropped its socket once in the headline phase and came back; in
+    // the cluster variant every tab came back once more, after the owner's death.
+    let joins = match variant {
+        Variant::Cluster => serde_json::json!([2, 2, 3, 2]),
+        _ => serde_json::json!([1, 1, 2, 1]),
+    };
+    assert_eq!(result["joins"], joins, "{result}");
     for n in ["heartbeatsSent", "heartbeatsReceived"] {
         let per_tab = result[n].as_array().expect("one number per tab");
         assert!(
@@ -231,9 +379,11 @@ async fn whole_game(variant: Variant) {
     );
 
     // A clean stop flushes every pending write; then the store holds the whole game.
-    proc.sigterm().await;
-    let status = proc.wait_exit().await;
-    assert!(status.success(), "the server exits cleanly: {status}");
+    for s in servers.iter_mut().filter(|s| Some(&s.node) != killed.as_ref()) {
+        s.proc.sigterm().await;
+        let status = s.proc.wait_exit().await;
+        assert!(status.success(), "the server exits cleanly: {status}");
+    }
     let (events, snapshot) = stored(&database.url, &room).await;
     let versions: Vec<i64> = events.iter().map(|(v, _)| *v).collect();
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
@@ -241,12 +391,23 @@ async fn whole_game(variant: Variant) {
         *counts.entry(t.as_str()).or_default() += 1;
     }
     // Versions 1..=`version` are the game the tabs saw; after it, only the four tabs
-    // closing (player_left) when the browser went away.
+    // closing (player_left) when the browser went away. In the cluster variant the
+    // takeover skipped ahead once (past anything the dead owner may have published
+    // unsaved): one stored event per version on each side of that one step.
     let last = versions.last().copied().unwrap_or(0);
+    let steps: Vec<(i64, i64)> = versions
+        .windows(2)
+        .filter(|w| w[1] != w[0] + 1)
+        .map(|w| (w[0], w[1]))
+        .collect();
+    assert!(
+        versions.windows(2).all(|w| w[0] < w[1]) && versions.first() == Some(&1),
+        "one increasing sequence from 1: {versions:?}"
+    );
     assert_eq!(
-        versions,
-        (1..=last).collect::<Vec<_>>(),
-        "one stored event per version, none missing; types {counts:?}"
+        steps.len(),
+        usize::from(variant == Variant::Cluster),
+        "one stored event per version, none missing (a takeover skips once): {steps:?}; types {counts:?}"
     );
     let after: Vec<&str> = events
         .iter()
@@ -297,4 +458,9 @@ async fn four_browser_tabs_play_a_game_the_backend_drives_over_grpc() {
 #[tokio::test]
 async fn four_browser_tabs_play_a_game_the_backend_drives_over_the_broadcast_hook() {
     whole_game(Variant::Hook).await;
+}
+
+#[tokio::test]
+async fn four_browser_tabs_play_a_game_on_three_cluster_nodes_and_survive_the_owners_death() {
+    whole_game(Variant::Cluster).await;
 }

@@ -186,6 +186,7 @@ impl Cluster {
         ))
         .await?;
         let node: Arc<str> = settings.node_id.as_str().into();
+        crate::telemetry::log::set_node_id(&node);
         let prefix = settings.key_prefix.clone();
         bounded(subscriber.subscribe(inbox(&prefix, &node))).await?;
         let (out, out_rx) = mpsc::unbounded_channel();
@@ -249,7 +250,7 @@ impl Cluster {
             }
         });
         tokio::spawn(membership_loop(Arc::downgrade(&cluster), stop));
-        tracing::info!(nodeId = %node, "cluster_joined");
+        tracing::info!("cluster_joined");
         Ok((cluster, inbox_rx))
     }
 
@@ -502,7 +503,7 @@ impl Cluster {
         )
         .await;
         self.note(&result);
-        tracing::info!(nodeId = %self.node, "cluster_left");
+        tracing::info!("cluster_left");
     }
 }
 

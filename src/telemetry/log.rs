@@ -209,6 +209,15 @@ impl Visit for Fields {
     }
 }
 
+/// Cluster mode: this node's `NODE_ID`, on every line as `nodeId`, so the lines of
+/// several nodes can be read together.
+static NODE_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Names this process's node on every later log line (once; later calls are ignored).
+pub fn set_node_id(id: &str) {
+    let _ = NODE_ID.set(id.to_string());
+}
+
 /// Renders one log line. Kept separate from the layer so it can be unit-tested.
 fn render(level: &Level, mut fields: Fields, time: String) -> String {
     let mut line = serde_json::Map::new();
@@ -222,6 +231,9 @@ fn render(level: &Level, mut fields: Fields, time: String) -> String {
     let message = fields.0.remove("message").unwrap_or_default();
     line.insert("message".into(), message);
     line.insert("time".into(), time.into());
+    if let Some(node) = NODE_ID.get() {
+        line.insert("nodeId".into(), node.as_str().into());
+    }
     // `metrics = %json` arrives as text; embed it as the object it is.
     if let Some(serde_json::Value::String(s)) = fields.0.get("metrics")
         && let Ok(v) = serde_json::from_str::<serde_json::Value>(s)

@@ -20,15 +20,22 @@
 //          brief and content go through the hook too.
 //
 // Topology: E2E_WS_URLS is a comma-separated list of players' WebSocket URLs; tab i
-// connects to the (i mod n)-th. One node today. A cluster variant (tabs spread over
-// nodes, the owner killed mid-game) plugs in here: give it several URLs and a
-// `midGame` hook; the tabs already reconnect and resume with lastVersion.
+// connects to the (i mod n)-th, and after a close to the next one (as a load balancer
+// sends a reconnecting client to a live node). E2E_ADMIN_ADDRS lists the admin planes
+// likewise (the backend moves to the next one when a node does not answer).
+// With E2E_KILL_OWNER=1 (the cluster variant), in the middle of the pitch phase the
+// script prints `E2E_KILL_OWNER {"room":…,"version":…}` and waits for the file
+// `<E2E_ARTIFACT_DIR>/owner-killed`: the test kills the room's owner node (kill -9)
+// once the store holds that version, then writes the file; every tab reconnects,
+// resumes and the game goes on.
 //
 // Environment:
 //   E2E_BACKEND        grpc | hook
 //   E2E_WS_URLS        ws://127.0.0.1:PORT/[,…]
 //   E2E_HTTP_URL       http://127.0.0.1:PORT (the hook's server; hook backend)
-//   E2E_ADMIN_ADDR     host:port of the admin plane (grpc backend)
+//   E2E_ADMIN_ADDR     host:port of the admin plane (grpc backend), or
+//   E2E_ADMIN_ADDRS    several, comma-separated (cluster nodes)
+//   E2E_KILL_OWNER     1: the owner is killed mid-game (above)
 //   E2E_ADMIN_TOKEN    the server's ADMIN_TOKEN (grpc backend)
 //   E2E_SHARED_SECRET  REALTIME_SHARED_SECRET (hook backend: legacy tokens)
 //   E2E_HOOK_SECRET    REALTIME_BROADCAST_SECRET (hook backend)
@@ -95,20 +102,42 @@ class GrpcBackend {
       defaults: true,
       oneofs: true,
     });
-    const { RoomAdmin } = grpc.loadPackageDefinition(definition).karaoke.admin.v1;
-    this.client = new RoomAdmin(required('E2E_ADMIN_ADDR'), grpc.credentials.createInsecure());
+    this.RoomAdmin = grpc.loadPackageDefinition(definition).karaoke.admin.v1.RoomAdmin;
+    this.addrs = (process.env.E2E_ADMIN_ADDRS ?? required('E2E_ADMIN_ADDR')).split(',');
+    this.at = 0;
+    this.client = new this.RoomAdmin(this.addrs[0], grpc.credentials.createInsecure());
     this.adminToken = required('E2E_ADMIN_TOKEN');
     this.watched = [];
   }
 
-  call(method, request) {
+  /** The next admin plane (a node that does not answer is gone or going). */
+  failOver() {
+    this.client.close();
+    this.at = (this.at + 1) % this.addrs.length;
+    this.client = new this.RoomAdmin(this.addrs[this.at], grpc.credentials.createInsecure());
+  }
+
+  async call(method, request) {
     const metadata = new grpc.Metadata();
     metadata.set('authorization', `Bearer ${this.adminToken}`);
-    return new Promise((resolve, reject) => {
-      this.client[method](request, metadata, { deadline: Date.now() + WAIT_MS }, (err, res) =>
-        err ? reject(new Error(`${method}: ${err.message}`)) : resolve(res),
-      );
-    });
+    // A call that finds its node gone, or the room between owners, goes again (to the
+    // next node), within the script's bound; anything else fails the game.
+    const deadline = Date.now() + WAIT_MS;
+    for (;;) {
+      try {
+        return await new Promise((resolve, reject) => {
+          this.client[method](request, metadata, { deadline: Date.now() + WAIT_MS }, (err, res) =>
+            err ? reject(err) : resolve(res),
+          );
+        });
+      } catch (err) {
+        const retry = err.code === grpc.status.UNAVAILABLE && Date.now() < deadline;
+        if (!retry) throw new Error(`${method}: ${err.message}`);
+        log(`${method}: ${err.details ?? err.message}; again on the next node`);
+        if (this.addrs.length > 1) this.failOver();
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
   }
 
   async createGame(players) {
@@ -129,7 +158,17 @@ class GrpcBackend {
     metadata.set('authorization', `Bearer ${this.adminToken}`);
     this.stream = this.client.WatchRoom({ room_code: code }, metadata);
     this.stream.on('data', (e) => this.watched.push({ type: e.type, version: Number(e.version) }));
-    this.stream.on('error', () => {}); // cancelled at the end
+    // A stream that ends before the game does (its node gone, or its relay resynced):
+    // watch again, from the room's state then, as a backend would.
+    const again = () => {
+      if (this.closing) return;
+      this.stream.removeAllListeners();
+      this.stream.on('error', () => {});
+      if (this.addrs.length > 1) this.failOver();
+      setTimeout(() => this.watch(code), 200);
+    };
+    this.stream.on('error', again);
+    this.stream.on('end', again);
   }
 
   async token(code, playerId) {
@@ -174,6 +213,7 @@ class GrpcBackend {
   }
 
   close() {
+    this.closing = true;
     this.stream?.cancel();
     this.client.close();
   }
@@ -350,8 +390,11 @@ function webApp(backend, game) {
           const playerId = url.searchParams.get('player');
           const seat = game.players.findIndex((p) => p.id === playerId);
           if (seat < 0) return reply(404, { error: 'no such player' });
+          const n = game.wsUrls.length;
           return reply(200, {
-            wsUrl: game.wsUrls[seat % game.wsUrls.length],
+            wsUrl: game.wsUrls[seat % n],
+            // Its own node first, then the others in turn (reconnects go round them).
+            wsUrls: game.wsUrls.map((_, k) => game.wsUrls[(seat + k) % n]),
             token: await backend.token(game.code, playerId),
             snapshot: await backend.snapshot(game.code),
             advanceVia: backend.advanceVia,
@@ -525,6 +568,38 @@ async function main() {
     await backend.pushSettings(code, settings);
     await all(tabs, (t) => t.value('settings', 'snacks / 120s / classic'));
 
+    /** The cluster variant: the test kills the room's owner node (kill -9) once the
+     *  store holds what every tab shows; every tab reconnects to a live node, resumes,
+     *  and shows the same game as before. */
+    const killOwner = async () => {
+      const versions = await Promise.all(tabs.map((t) => t.read('version')));
+      const version = Math.max(...versions.map(Number));
+      const joinsBefore = await Promise.all(tabs.map((t) => t.page.evaluate(() => window.karaoke.state.joins)));
+      const flag = path.join(artifactDir, 'owner-killed');
+      console.log(`E2E_KILL_OWNER ${JSON.stringify({ room: code, version })}`);
+      await within(WAIT_MS * 2, 'the test kills the owner', (async () => {
+        while (!fs.existsSync(flag)) await new Promise((r) => setTimeout(r, 50));
+      })());
+      log(`creating/pitch: the owner of ${code} was killed at version ${version}`);
+      await all(tabs, async (t) => {
+        await t.count('joins', joinsBefore[t.index] + 1);
+        await t.value('conn', 'open');
+        await t.value('status', 'creating');
+        await t.value('phase', 'pitch');
+        await t.value('submitted', 'pitch');
+        await t.sees(
+          'four players, all connected, all ready',
+          (ids) =>
+            ids.every((id) => {
+              const li = document.querySelector(`#players li[data-id="${id}"]`);
+              return li?.dataset.connected === 'true' && li?.dataset.ready === 'true';
+            }),
+          players.map((p) => p.id),
+        );
+      });
+      log('creating/pitch: every tab reconnected to a live node and resumed the game');
+    };
+
     const readyAll = async () => {
       for (const t of tabs) await t.click('#ready');
       await all(tabs, (t) => t.value('all-ready', 'true'));
@@ -606,6 +681,7 @@ async function main() {
         await t.value('all-ready', 'true');
       });
       log(`creating/${phase}: every tab submitted and sees all the work`);
+      if (phase === 'pitch' && process.env.E2E_KILL_OWNER === '1') await killOwner();
       await hostAdvance();
     }
 

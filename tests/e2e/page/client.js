@@ -16,7 +16,9 @@ const ROOM = params.get('room');
 const ME = params.get('player');
 
 const state = {
-  session: null, // {wsUrl, token, snapshot, advanceVia, heartbeatMs}
+  session: null, // {wsUrl, wsUrls, token, snapshot, advanceVia, heartbeatMs}
+  urlAt: 0, // which of session.wsUrls the socket goes to (the next one after a close)
+  helloOnSocket: false, // the current socket has had its hello_ack
   snapshot: null, // the room as this tab holds it (RoomSnapshot)
   version: 0,
   settings: null,
@@ -88,7 +90,9 @@ function myAdlob() {
 // The socket
 
 function connect() {
-  const url = new URL(state.session.wsUrl);
+  const urls = state.session.wsUrls ?? [state.session.wsUrl];
+  const url = new URL(urls[state.urlAt % urls.length]);
+  state.helloOnSocket = false;
   url.searchParams.set('room', ROOM);
   const ws = new WebSocket(url);
   state.socket = ws;
@@ -123,7 +127,9 @@ function connect() {
     state.open = false;
     render();
     if (state.closedForGood || event.code === 4000) return; // the room was closed
-    // Reconnect (a restart or another node): resume from the version held.
+    // Reconnect (a restart, or its node gone: then the next node of the cluster, as a
+    // load balancer would send it), resuming from the version held.
+    state.urlAt += 1;
     setTimeout(connect, 500);
   };
 }
@@ -144,6 +150,7 @@ function handle(m) {
   switch (m.type) {
     case 'hello_ack':
       state.joins += 1;
+      state.helloOnSocket = true;
       state.recovered = m.recovered;
       state.snapshot = m.snapshot;
       state.version = m.snapshot.version;
@@ -215,6 +222,12 @@ function handle(m) {
       state.heartbeatsReceived += 1;
       break;
     case 'error':
+      if (m.code === 'unavailable' && !state.helloOnSocket) {
+        // A join while the room moves between nodes: try again, as the real client
+        // does with its reconnect loop.
+        state.socket?.close();
+        break;
+      }
       error(`${m.code}: ${m.message}`);
       break;
     default:
