@@ -115,7 +115,10 @@ fn parse() -> Result<Opts, String> {
             "--server-pid" => {
                 o.server_pids = value
                     .split(',')
-                    .map(|p| p.parse::<u32>().map_err(|_| format!("{flag}: not a pid list")))
+                    .map(|p| {
+                        p.parse::<u32>()
+                            .map_err(|_| format!("{flag}: not a pid list"))
+                    })
                     .collect::<Result<_, _>>()?
             }
             "--addresses" => o.addresses = (num(value)? as usize).min(250),

@@ -97,6 +97,9 @@ pub struct RoomContext {
     pub cluster: Option<Arc<Cluster>>,
     /// A client-seeded room with no socket and no watcher for this long is closed.
     pub seeded_idle_ttl: Duration,
+    /// One socket's queue bound (items, bytes): cluster mode's resumes through a relay
+    /// are held to it as a local socket's are.
+    pub socket_queue: (usize, usize),
 }
 
 /// One socket attached to a room.
@@ -139,7 +142,7 @@ impl Sink {
     fn has_room(&self, count: usize, weight: usize) -> bool {
         match self {
             Sink::Local(out) => out.has_room(count, weight),
-            Sink::Remote(_) => true,
+            Sink::Remote(link) => count <= link.queue.0 && weight <= link.queue.1,
         }
     }
 
@@ -215,9 +218,15 @@ pub enum RoomMsg {
     },
     /// Cluster mode, a relay's own: a message from the room's owner.
     Relayed(Box<wire::Message>),
-    /// Cluster mode, a relay's own: the owner refused a socket it had sent on.
+    /// Cluster mode, a relay's own: the owner refused a socket it had sent on; with
+    /// `stale`, the node asked is not (or no longer) the room's owner.
     AttachRefused {
         conn: ConnId,
+        stale: bool,
+    },
+    /// Cluster mode, a relay's own: the owner refused a watcher it had sent on.
+    WatchRefused {
+        id: u64,
     },
 }
 
@@ -266,6 +275,15 @@ impl RoomHandle {
     /// or it is gone (cluster mode's inbox must never wait on one room).
     pub(crate) fn offer(&self, msg: RoomMsg) -> bool {
         self.tx.try_send(msg).is_ok()
+    }
+
+    /// Hands the room's task a control message that must not be lost (stop, a node
+    /// gone): sent from a task of its own, which waits for room in the queue.
+    pub(crate) fn deliver(&self, msg: RoomMsg) {
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(msg).await;
+        });
     }
 
     pub fn code(&self) -> &str {
@@ -687,7 +705,7 @@ impl Owner {
             }
             RoomMsg::NodeGone { node } => self.node_gone(&node),
             // A relay's own messages never reach an owner.
-            RoomMsg::Relayed(_) | RoomMsg::AttachRefused { .. } => {}
+            RoomMsg::Relayed(_) | RoomMsg::AttachRefused { .. } | RoomMsg::WatchRefused { .. } => {}
         }
         Flow::Continue
     }
@@ -724,6 +742,11 @@ impl Owner {
         for conn in conns {
             self.detach(conn);
         }
+        // If that node is alive after all (it was only slow to renew), its relay
+        // learns that it lost the link and sends its sockets to resume.
+        for link in self.links.iter().filter(|l| &*l.node == node) {
+            link.gone(close::RESTART, "resync");
+        }
         self.links.retain(|l| &*l.node != node);
     }
 
@@ -737,7 +760,14 @@ impl Owner {
         if self.links.iter().any(|l| &*l.node == node) {
             self.node_gone(node);
         }
-        let link = RemoteLink::new(cluster, node.into(), id, self.code.clone(), self.room.epoch);
+        let link = RemoteLink::new(
+            cluster,
+            node.into(),
+            id,
+            self.code.clone(),
+            self.room.epoch,
+            self.ctx.socket_queue,
+        );
         self.links.push(link.clone());
         Some(link)
     }

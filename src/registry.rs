@@ -25,6 +25,10 @@ struct Rooms {
     retired: HashSet<String>,
     /// Live rooms created from a client seed (bounded by `max_seeded`).
     seeded: usize,
+    /// Cluster mode: rooms closed here whose final snapshot may not be stored yet;
+    /// their leases are renewed until it is, so no node takes them back meanwhile.
+    /// (`None` on a single node, which needs no such list.)
+    closing: Option<HashSet<String>>,
 }
 
 struct Entry {
@@ -54,9 +58,25 @@ pub struct ClusterParts {
     takeovers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Set at SIGTERM: this node takes no room any more.
     handing_over: AtomicBool,
+    /// Rooms being handed over now: not taken back while their rows are written.
+    handing: Mutex<HashSet<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl ClusterParts {
+    /// Whether this node is giving rooms up (all at SIGTERM, or `code` now).
+    fn giving_up(&self, code: &str) -> bool {
+        self.handing_over.load(Ordering::Acquire) || lock(&self.handing).contains(code)
+    }
+
+    /// SIGTERM's hand-over has begun (`/readyz` says so).
+    pub fn is_handing_over(&self) -> bool {
+        self.handing_over.load(Ordering::Acquire)
+    }
+
     pub fn new(cluster: Arc<Cluster>, store: Store, persistence: Arc<Persistence>) -> Self {
         ClusterParts {
             cluster,
@@ -64,6 +84,7 @@ impl ClusterParts {
             persistence,
             takeovers: Mutex::new(HashMap::new()),
             handing_over: AtomicBool::new(false),
+            handing: Mutex::new(HashSet::new()),
         }
     }
 }
@@ -96,6 +117,7 @@ impl Registry {
                 live: HashMap::new(),
                 retired: retired.into_iter().collect(),
                 seeded: 0,
+                closing: None,
             })),
             ctx,
             max_seeded,
@@ -106,6 +128,7 @@ impl Registry {
     /// Cluster mode: rooms are taken over from `parts.store` on demand.
     pub fn with_cluster(mut self, parts: ClusterParts) -> Registry {
         self.cluster = Some(parts);
+        write(&self.rooms).closing = Some(HashSet::new());
         self
     }
 
@@ -381,11 +404,14 @@ impl Registry {
             let code = code.to_string();
             move |exit| forget(&rooms, &code, exit)
         };
+        // Three heartbeats missed: the owner is gone or has forgotten this relay.
+        let silence = self.ctx.heartbeat_interval.saturating_mul(3);
         let handle = proxy::spawn(
             code,
             owner,
             parts.cluster.clone(),
             self.ctx.watchers.clone(),
+            silence,
             on_exit,
         );
         rooms.live.insert(
@@ -462,10 +488,8 @@ impl Registry {
         let Some(parts) = &self.cluster else {
             return Err(not_found());
         };
-        if parts.handing_over.load(Ordering::Acquire) {
-            return Err(unavailable(
-                "this node is handing its rooms over; try again",
-            ));
+        if parts.giving_up(code) {
+            return Err(unavailable("this node is handing the room over; try again"));
         }
         let lock = self.takeover_lock(parts, code);
         let _one_at_a_time = lock.lock().await;
@@ -480,6 +504,14 @@ impl Registry {
                 None => Ok(Takeover::Taken(handle)),
             };
         }
+        if matches!(&create, Some((_, Provenance::Seeded)))
+            && read(&self.rooms).seeded >= self.max_seeded
+        {
+            crate::telemetry::Metrics::inc(&self.ctx.metrics.counters.seeded_rooms_refused_total);
+            return Err(unavailable(
+                "the server holds as many client-created rooms as it takes",
+            ));
+        }
         let cluster = &parts.cluster;
         let holder = cluster.acquire(code).await.map_err(unavailable)?;
         if holder != *cluster.node {
@@ -493,7 +525,7 @@ impl Registry {
             Ok(stored) => stored,
             Err(e) => return refuse(unavailable(e)).await,
         };
-        let (mut room, provenance) = match (stored, create) {
+        let (room, provenance) = match (stored, create) {
             (Stored::Absent, Some((room, provenance))) => (room, provenance),
             (Stored::Absent, None) => return refuse(not_found()).await,
             (Stored::Closed, _) => {
@@ -513,17 +545,34 @@ impl Registry {
             Ok(epoch) => epoch,
             Err(e) => return refuse(unavailable(e)).await,
         };
-        if provenance == Provenance::Restored {
-            // Read again under the new epoch: every write of the previous owner has
-            // landed or will be refused from now on.
-            room = match parts.store.load_room(code).await {
-                Ok(Stored::Open(room)) => *room,
-                Ok(_) | Err(_) => {
-                    return refuse(unavailable("the room changed while taken over")).await;
-                }
-            };
+        // Read again under the new epoch: every write of a previous owner has landed
+        // or will be refused from now on. A room that appeared meanwhile (its first
+        // snapshot landed late) is restored, not made again.
+        let (mut room, provenance) = match parts.store.load_room(code).await {
+            Ok(Stored::Open(_)) if provenance == Provenance::Server => {
+                return refuse(exists(code)).await;
+            }
+            Ok(Stored::Open(stored)) => (*stored, Provenance::Restored),
+            Ok(Stored::Absent) if provenance != Provenance::Restored => (room, provenance),
+            Ok(_) | Err(_) => {
+                return refuse(unavailable("the room changed while taken over")).await;
+            }
+        };
+        // Anyone who owned the room before (an epoch above 1) may have published
+        // versions it never saved: start past all of them, saved before anyone sees it.
+        if epoch > 1 || provenance == Provenance::Restored {
             let stored_at = room.version();
-            room.skip_to(stored_at.saturating_add(cluster.version_jump));
+            let Some(next) = stored_at
+                .checked_add(cluster.version_jump)
+                .filter(|v| *v <= crate::protocol::limits::MAX_VERSION)
+            else {
+                tracing::error!(roomCode = %code, version = stored_at, "room_versions_exhausted");
+                return refuse(unavailable(
+                    "the room has no versions left to take it over with",
+                ))
+                .await;
+            };
+            room.skip_to(next);
             room.epoch = epoch;
             if let Err(why) = save_jump(&parts.store, &room).await {
                 return refuse(why).await;
@@ -537,7 +586,7 @@ impl Registry {
         let mut rooms = write(&self.rooms);
         // A relay of this room here gives way to the owner.
         if let Some(entry) = rooms.live.remove(code) {
-            entry.handle.offer(RoomMsg::Stop {
+            entry.handle.deliver(RoomMsg::Stop {
                 code: crate::edge::frame::close::RESTART,
                 reason: "the room moved to this node",
                 checkpoint: false,
@@ -638,17 +687,37 @@ impl Registry {
         });
     }
 
-    /// Stops the owner of a room that this node lost (another node's epoch or lease).
-    pub fn lost(&self, code: &str, why: &'static str) {
-        if let Some(handle) = self.owned(code) {
+    /// Stops the owner of a room that this node lost (another node's epoch or lease),
+    /// if it is the owner of that `epoch` (`None`: whichever it is): an older owner's
+    /// refused rows must not stop a newer one.
+    pub fn lost(&self, code: &str, epoch: Option<u64>, why: &'static str) {
+        let handle = read(&self.rooms)
+            .live
+            .get(code)
+            .filter(|e| !e.relay && epoch.is_none_or(|epoch| e.epoch == epoch))
+            .map(|e| e.handle.clone());
+        if let Some(handle) = handle {
             crate::telemetry::Metrics::inc(&self.ctx.metrics.counters.cluster_rooms_lost_total);
-            handle.offer(RoomMsg::Stop {
+            handle.deliver(RoomMsg::Stop {
                 code: crate::edge::frame::close::RESTART,
                 reason: why,
                 checkpoint: false,
                 reply: None,
             });
         }
+    }
+
+    /// Cluster mode: the rooms closed here whose leases are still kept, and forgets
+    /// them once the store holds everything queued (`flushed`).
+    fn closing(&self, flushed: bool) -> Vec<String> {
+        let mut rooms = write(&self.rooms);
+        let Some(closing) = rooms.closing.as_mut() else {
+            return Vec::new();
+        };
+        if flushed {
+            return closing.drain().collect();
+        }
+        closing.iter().cloned().collect()
     }
 
     /// The owned rooms and the epoch of each.
@@ -668,6 +737,8 @@ impl Registry {
         let Some(parts) = &self.cluster else {
             return;
         };
+        // Not taken back by a client that reconnects here before the lease is gone.
+        lock(&parts.handing).extend(codes.iter().cloned());
         for code in codes {
             if let Some(handle) = self.owned(code) {
                 handle
@@ -689,6 +760,11 @@ impl Registry {
                     .send(&next, &Message::Adopt { room: code.clone() });
             }
         }
+        let mut handing = lock(&parts.handing);
+        for code in codes {
+            handing.remove(code);
+        }
+        drop(handing);
         tracing::info!(rooms = codes.len(), "rooms_handed_over");
     }
 
@@ -756,6 +832,19 @@ pub async fn upkeep(registry: Weak<Registry>, stop: tokio_util::sync::Cancellati
             () = stop.cancelled() => return,
             _ = tick.tick() => {
                 let Some(registry) = registry.upgrade() else { return };
+                // Closed rooms keep their lease until their final snapshot is stored.
+                let flushed = registry
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|p| p.persistence.depth() == 0);
+                let closing = registry.closing(flushed);
+                if flushed {
+                    for code in &closing {
+                        cluster.release(code).await;
+                    }
+                } else if !closing.is_empty() {
+                    let _ = cluster.renew(&closing).await;
+                }
                 let owned = registry.owned_epochs();
                 if owned.is_empty() {
                     continue;
@@ -765,7 +854,7 @@ pub async fn upkeep(registry: Weak<Registry>, stop: tokio_util::sync::Cancellati
                     Ok(lost) => {
                         for code in lost {
                             tracing::warn!(roomCode = %code, "room_lease_lost");
-                            registry.lost(&code, "lost its lease");
+                            registry.lost(&code, None, "lost its lease");
                         }
                     }
                     Err(_) => match store.epochs(&codes).await {
@@ -773,7 +862,7 @@ pub async fn upkeep(registry: Weak<Registry>, stop: tokio_util::sync::Cancellati
                             for (code, epoch) in &owned {
                                 if current.get(code).is_some_and(|now| now != epoch) {
                                     tracing::warn!(roomCode = %code, epoch, "room_epoch_moved");
-                                    registry.lost(code, "another node took the room over");
+                                    registry.lost(code, Some(*epoch), "another node took the room over");
                                 }
                             }
                         }
@@ -789,7 +878,7 @@ pub async fn upkeep(registry: Weak<Registry>, stop: tokio_util::sync::Cancellati
                 let Some(registry) = registry.upgrade() else { return };
                 for gone in known.difference(&now) {
                     for handle in registry.all() {
-                        handle.offer(RoomMsg::NodeGone { node: gone.clone() });
+                        handle.deliver(RoomMsg::NodeGone { node: gone.clone() });
                     }
                     match store.rooms_owned_by(gone).await {
                         Ok(codes) => {
@@ -844,6 +933,9 @@ fn forget(rooms: &Weak<RwLock<Rooms>>, code: &str, exit: Exit) {
         // A room that moved to another node lives on: its code is not retired here.
         if exit == Exit::Ended {
             rooms.retired.insert(code.to_string());
+            if let Some(closing) = rooms.closing.as_mut() {
+                closing.insert(code.to_string());
+            }
         }
     }
 }

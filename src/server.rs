@@ -54,6 +54,7 @@ impl App {
             return Some("shutting down");
         }
         match self.registry.cluster() {
+            Some(parts) if parts.is_handing_over() => Some("shutting down"),
             Some(parts) if !parts.cluster.is_ready() => Some("cluster unreachable"),
             _ => None,
         }
@@ -135,7 +136,7 @@ pub async fn start_with(
 /// already counts into (the node's own), and what stops its loops.
 pub struct ClusterStart {
     cluster: Arc<Cluster>,
-    inbox: tokio::sync::mpsc::UnboundedReceiver<crate::cluster::wire::Message>,
+    inbox: tokio::sync::mpsc::Receiver<crate::cluster::wire::Message>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 }
@@ -262,9 +263,9 @@ pub fn serve(
         Some((store, loaded)) => {
             let on_fenced = cluster.as_ref().map(|_| {
                 let fenced = fenced.clone();
-                Box::new(move |code: &str, _epoch: u64| {
+                Box::new(move |code: &str, epoch: u64| {
                     if let Some(registry) = fenced.get().and_then(|r| r.upgrade()) {
-                        registry.lost(code, "another node took the room over");
+                        registry.lost(code, Some(epoch), "another node took the room over");
                     }
                 }) as writer::OnFenced
             });
@@ -310,6 +311,7 @@ pub fn serve(
             max_per_room: config.max_watchers_per_room,
         }),
         seeded_idle_ttl: config.seeded_room_idle_ttl,
+        socket_queue: (config.outbound_queue_limit, config.outbound_queue_bytes),
         cluster: cluster.as_ref().map(|c| c.cluster.clone()),
     });
     let mut registry = Registry::new(ctx, loaded.known_codes, config.max_seeded_rooms);

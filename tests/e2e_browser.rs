@@ -188,7 +188,9 @@ async fn kill_owner(
     artifacts: &Path,
 ) -> String {
     let room = request["room"].as_str().expect("the room to kill");
-    let version = request["version"].as_i64().expect("the version the tabs show");
+    let version = request["version"]
+        .as_i64()
+        .expect("the version the tabs show");
     let deadline = Instant::now() + WAIT;
     let owner = loop {
         let mut conn = sqlx::PgConnection::connect(database_url)
@@ -243,9 +245,19 @@ async fn play(
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("E2E_BACKEND", variant.backend())
         .env("E2E_WS_URLS", ws_urls)
-        .env("E2E_HTTP_URL", format!("http://127.0.0.1:{}", servers[0].port))
+        .env(
+            "E2E_HTTP_URL",
+            format!("http://127.0.0.1:{}", servers[0].port),
+        )
         .env("E2E_ADMIN_ADDRS", admin_addrs)
-        .env("E2E_KILL_OWNER", if variant == Variant::Cluster { "1" } else { "0" })
+        .env(
+            "E2E_KILL_OWNER",
+            if variant == Variant::Cluster {
+                "1"
+            } else {
+                "0"
+            },
+        )
         .env("E2E_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("E2E_SHARED_SECRET", SHARED_SECRET)
         .env("E2E_HOOK_SECRET", HOOK_SECRET)
@@ -273,9 +285,10 @@ async fn play(
                 let request: Value = serde_json::from_str(request).expect("E2E_KILL_OWNER is JSON");
                 killed = Some(kill_owner(servers, database_url, &request, artifacts).await);
             } else if let Some(found) = line.strip_prefix("E2E_RESULT ") {
-                result = Some(serde_json::from_str::<Value>(found).unwrap_or_else(|e| {
-                    panic!("E2E_RESULT is JSON ({e}): {found}")
-                }));
+                result = Some(
+                    serde_json::from_str::<Value>(found)
+                        .unwrap_or_else(|e| panic!("E2E_RESULT is JSON ({e}): {found}")),
+                );
             }
             lines.push(line);
         }
@@ -336,7 +349,11 @@ async fn whole_game(variant: Variant) {
     let mut servers = servers(variant, &database.url).await;
     let artifacts = artifact_dir(variant);
     let (result, killed) = play(variant, &mut servers, &database.url, &artifacts).await;
-    assert_eq!(killed.is_some(), variant == Variant::Cluster, "only the cluster variant kills");
+    assert_eq!(
+        killed.is_some(),
+        variant == Variant::Cluster,
+        "only the cluster variant kills"
+    );
     let room = result["room"]
         .as_str()
         .unwrap_or_else(|| panic!("E2E_RESULT names the room: {result}"))
@@ -379,7 +396,10 @@ async fn whole_game(variant: Variant) {
     );
 
     // A clean stop flushes every pending write; then the store holds the whole game.
-    for s in servers.iter_mut().filter(|s| Some(&s.node) != killed.as_ref()) {
+    for s in servers
+        .iter_mut()
+        .filter(|s| Some(&s.node) != killed.as_ref())
+    {
         s.proc.sigterm().await;
         let status = s.proc.wait_exit().await;
         assert!(status.success(), "the server exits cleanly: {status}");

@@ -14,10 +14,14 @@ pub struct RemoteLink {
     pub node: Arc<str>,
     /// The id the relay chose; it ignores messages under any other.
     pub id: u64,
+    incarnation: u64,
     room: Arc<str>,
     epoch: u64,
     seq: AtomicU64,
     cluster: Arc<Cluster>,
+    /// A socket's queue bound there (items, bytes), the same on every node: what a
+    /// resume through this link may send at once.
+    pub queue: (usize, usize),
 }
 
 fn text(frame: &Frame) -> String {
@@ -31,14 +35,17 @@ impl RemoteLink {
         id: u64,
         room: Arc<str>,
         epoch: u64,
+        queue: (usize, usize),
     ) -> Arc<Self> {
         Arc::new(RemoteLink {
             node,
             id,
+            incarnation: rand::random(),
             room,
             epoch,
             seq: AtomicU64::new(0),
             cluster,
+            queue,
         })
     }
 
@@ -49,6 +56,7 @@ impl RemoteLink {
             &Message::Relay {
                 room: self.room.to_string(),
                 link: self.id,
+                incarnation: self.incarnation,
                 epoch: self.epoch,
                 seq,
                 body,

@@ -154,7 +154,7 @@ impl Cluster {
         settings: &config::Cluster,
         metrics: Arc<Metrics>,
         stop: CancellationToken,
-    ) -> Result<(Arc<Cluster>, mpsc::UnboundedReceiver<Message>), ClusterError> {
+    ) -> Result<(Arc<Cluster>, mpsc::Receiver<Message>), ClusterError> {
         let url = String::from_utf8_lossy(&settings.redis_url.0).to_string();
         let client = redis::Client::open(url.as_str())?;
         let redis = bounded(ConnectionManager::new_with_config(
@@ -224,8 +224,8 @@ impl Cluster {
             cluster.metrics.clone(),
         ));
         // The inbox: pushes become messages; the probe's own pings are consumed here.
-        let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
-        // (Unbounded only in type: it is fed from `push_rx`, bounded above, one for one.)
+        let (inbox_tx, inbox_rx) = mpsc::channel(INBOX);
+        let dropped = cluster.metrics.clone();
         let weak = Arc::downgrade(&cluster);
         tokio::spawn(async move {
             // Held so the subscription lives as long as the inbox is read.
@@ -241,11 +241,13 @@ impl Cluster {
                         Ordering::Release,
                     ),
                     Message::Answer { call, answer } => cluster.complete(call, answer),
-                    other => {
-                        if inbox_tx.send(other).is_err() {
-                            break;
+                    other => match inbox_tx.try_send(other) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            Metrics::inc(&dropped.counters.cluster_messages_dropped_total);
                         }
-                    }
+                        Err(mpsc::error::TrySendError::Closed(_)) => break,
+                    },
                 }
             }
         });
@@ -297,50 +299,55 @@ impl Cluster {
         }
     }
 
+    /// Renews this node's membership: its TTL'd key (which the lease script checks)
+    /// and its entry in the members' sorted set, scored by when it expires.
     async fn announce(&self) -> Result<(), ClusterError> {
         if self.left.load(Ordering::Acquire) {
             return Ok(());
         }
         let mut redis = self.redis.clone();
         let ttl = self.lease_ttl.as_millis() as u64;
-        let key = self.key("node", &self.node);
-        let result: Result<(), ClusterError> = bounded(
-            redis::cmd("SET")
-                .arg(&key)
-                .arg("1")
-                .arg("PX")
-                .arg(ttl)
-                .query_async(&mut redis),
-        )
-        .await;
+        let expires = unix_ms().saturating_add(ttl);
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(self.key("node", &self.node))
+            .arg("1")
+            .arg("PX")
+            .arg(ttl)
+            .ignore()
+            .cmd("ZADD")
+            .arg(self.members_key())
+            .arg(expires)
+            .arg(&*self.node)
+            .ignore();
+        let result: Result<(), ClusterError> = bounded(pipe.query_async(&mut redis)).await;
         self.note(&result);
         result
     }
 
+    /// The sorted set of members: one read per tick, however many keys Redis holds.
+    fn members_key(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+
     async fn refresh_members(&self) -> Result<(), ClusterError> {
         let mut redis = self.redis.clone();
-        let pattern = format!("{}:node:*", self.prefix);
-        let skip = format!("{}:node:", self.prefix).len();
-        let result: Result<Vec<String>, ClusterError> = bounded(async {
-            let mut nodes = Vec::new();
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut redis)
-                    .await?;
-                nodes.extend(keys.into_iter().map(|k| k[skip..].to_string()));
-                if next == 0 {
-                    return Ok(nodes);
-                }
-                cursor = next;
-            }
-        })
-        .await;
+        let now = unix_ms();
+        // Entries long expired are pruned (a node that died keeps none for ever).
+        let stale = now.saturating_sub(self.lease_ttl.as_millis() as u64 * 10);
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(self.members_key())
+            .arg("-inf")
+            .arg(stale)
+            .ignore()
+            .cmd("ZRANGEBYSCORE")
+            .arg(self.members_key())
+            .arg(now)
+            .arg("+inf");
+        let result: Result<(Vec<String>,), ClusterError> =
+            bounded(pipe.query_async(&mut redis)).await;
+        let result = result.map(|(nodes,)| nodes);
         self.note(&result);
         let found = result?;
         let live: BTreeSet<String> = {
@@ -496,15 +503,27 @@ impl Cluster {
     pub async fn leave(&self) {
         self.left.store(true, Ordering::Release);
         let mut redis = self.redis.clone();
-        let result: Result<i64, ClusterError> = bounded(
-            redis::cmd("DEL")
-                .arg(self.key("node", &self.node))
-                .query_async(&mut redis),
-        )
-        .await;
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL")
+            .arg(self.key("node", &self.node))
+            .ignore()
+            .cmd("ZREM")
+            .arg(self.members_key())
+            .arg(&*self.node)
+            .ignore();
+        let result: Result<(), ClusterError> = bounded(pipe.query_async(&mut redis)).await;
         self.note(&result);
         tracing::info!("cluster_left");
     }
+}
+
+/// Milliseconds since the Unix epoch, by this node's clock (NTP-synchronized, as
+/// tokens already need; the membership grace absorbs small skews).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

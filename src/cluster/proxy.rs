@@ -34,6 +34,8 @@ struct Local {
 }
 
 struct Watching {
+    /// Names a watcher waiting for the owner's answer.
+    id: u64,
     out: Outbox<WatchEvent>,
     count: Arc<WatcherCount>,
 }
@@ -54,7 +56,14 @@ struct Proxy {
     /// Watchers waiting for the room's state from the owner.
     waiting_watchers: Vec<Watching>,
     epoch: Option<u64>,
+    /// The owner's side of the link, learnt from its first message.
+    incarnation: Option<u64>,
     next_seq: u64,
+    /// When the owner was last heard from; a relay with sockets that hears nothing
+    /// (not even a heartbeat) for `silence` resyncs.
+    last_heard: tokio::time::Instant,
+    silence: Duration,
+    next_watcher: u64,
     watcher_count: Arc<WatcherCount>,
     tx: mpsc::WeakSender<RoomMsg>,
     /// The owner closed the room (not moved it): its code is retired here too.
@@ -67,6 +76,7 @@ pub fn spawn(
     owner: String,
     cluster: Arc<Cluster>,
     watcher_count: Arc<WatcherCount>,
+    silence: Duration,
     on_exit: impl FnOnce(Exit) + Send + 'static,
 ) -> RoomHandle {
     let (tx, rx) = mpsc::channel(QUEUE);
@@ -79,7 +89,11 @@ pub fn spawn(
         watchers: Vec::new(),
         waiting_watchers: Vec::new(),
         epoch: None,
+        incarnation: None,
         next_seq: 1,
+        last_heard: tokio::time::Instant::now(),
+        silence,
+        next_watcher: 0,
         watcher_count,
         tx: tx.downgrade(),
         closed: false,
@@ -115,6 +129,11 @@ impl Proxy {
                     }
                 }
                 _ = idle.tick() => {
+                    self.waiting_watchers.retain(|w| !w.out.is_closing());
+                    if !self.members.is_empty() && self.last_heard.elapsed() > self.silence {
+                        self.resync("nothing heard from the room's node");
+                        break;
+                    }
                     let empty = self.members.is_empty()
                         && self.watchers.is_empty()
                         && self.waiting_watchers.is_empty();
@@ -161,6 +180,10 @@ impl Proxy {
                     return true;
                 };
                 self.members.retain(|m| m.conn != conn);
+                if self.members.is_empty() {
+                    // The first socket starts the silence clock afresh.
+                    self.last_heard = tokio::time::Instant::now();
+                }
                 self.members.push(Local {
                     conn,
                     out,
@@ -172,6 +195,7 @@ impl Proxy {
                     self.link,
                     self.tx.clone(),
                 );
+                let code = room.clone();
                 tokio::spawn(async move {
                     let answer = cluster
                         .call(&owner, |call| Message::Attach {
@@ -184,21 +208,33 @@ impl Proxy {
                             last_version,
                         })
                         .await;
-                    let result = match answer {
-                        Ok(Answer::Attached { result }) => result,
-                        Ok(Answer::Refused { why }) => Err(why),
-                        Ok(_) => Err(unavailable("unexpected answer")),
-                        Err(why) => Err(why),
+                    // Refused by the rules (a full room) the relay goes on; any other
+                    // failure means the node asked does not serve the room (any more).
+                    let (result, stale) = match answer {
+                        Ok(Answer::Attached { result }) => (result, false),
+                        Ok(Answer::Refused { why }) => (Err(why), true),
+                        Ok(_) => (Err(unavailable("unexpected answer")), true),
+                        Err(why) => (Err(why), true),
                     };
-                    if result.is_err()
-                        && let Some(tx) = tx.upgrade()
-                    {
-                        let _ = tx.send(RoomMsg::AttachRefused { conn }).await;
+                    if result.is_err() {
+                        // The owner may have taken the socket all the same (an answer
+                        // lost or late): it must not stay there as a ghost.
+                        cluster.send(&owner, &Message::Detach { room: code, conn });
+                        if let Some(tx) = tx.upgrade() {
+                            let _ = tx.send(RoomMsg::AttachRefused { conn, stale }).await;
+                        }
                     }
                     let _ = reply.send(result);
                 });
             }
-            RoomMsg::AttachRefused { conn } => self.members.retain(|m| m.conn != conn),
+            RoomMsg::AttachRefused { conn, stale } => {
+                self.members.retain(|m| m.conn != conn);
+                if stale {
+                    self.resync("the room's node does not serve it");
+                    return false;
+                }
+            }
+            RoomMsg::WatchRefused { id } => self.waiting_watchers.retain(|w| w.id != id),
             RoomMsg::Detach { conn } => {
                 self.members.retain(|m| m.conn != conn);
                 self.cluster
@@ -282,11 +318,19 @@ impl Proxy {
                     )));
                     return true;
                 }
+                let id = self.next_watcher;
+                self.next_watcher += 1;
                 self.waiting_watchers.push(Watching {
+                    id,
                     out,
                     count: count.clone(),
                 });
-                let (cluster, owner, link) = (self.cluster.clone(), self.owner.clone(), self.link);
+                let (cluster, owner, link, tx) = (
+                    self.cluster.clone(),
+                    self.owner.clone(),
+                    self.link,
+                    self.tx.clone(),
+                );
                 tokio::spawn(async move {
                     let answer = cluster
                         .call(&owner, |call| Message::Link {
@@ -296,12 +340,18 @@ impl Proxy {
                             link,
                         })
                         .await;
-                    let _ = reply.send(match answer {
+                    let result = match answer {
                         Ok(Answer::Linked { result }) => result,
                         Ok(Answer::Refused { why }) => Err(why),
                         Ok(_) => Err(unavailable("unexpected answer")),
                         Err(why) => Err(why),
-                    });
+                    };
+                    if result.is_err()
+                        && let Some(tx) = tx.upgrade()
+                    {
+                        let _ = tx.send(RoomMsg::WatchRefused { id }).await;
+                    }
+                    let _ = reply.send(result);
                 });
             }
             RoomMsg::Checkpoint { reply } => {
@@ -335,6 +385,7 @@ impl Proxy {
     fn relayed(&mut self, message: Message) -> bool {
         let Message::Relay {
             link,
+            incarnation,
             epoch,
             seq,
             body,
@@ -346,6 +397,14 @@ impl Proxy {
         if link != self.link {
             return true; // for an earlier relay of this room here
         }
+        match self.incarnation {
+            Some(known) if known != incarnation => {
+                self.resync("the room's node made the link again");
+                return false;
+            }
+            _ => self.incarnation = Some(incarnation),
+        }
+        self.last_heard = tokio::time::Instant::now();
         match self.epoch {
             Some(known) if epoch < known => return true, // a stale owner's
             Some(known) if epoch > known => {

@@ -63,10 +63,13 @@ pub enum Message {
         from: String,
         link: u64,
     },
-    /// From an owner to one node's relay of the room: `seq` counts from 1 per link.
+    /// From an owner to one node's relay of the room: `seq` counts from 1 per link,
+    /// and `incarnation` names the owner's side of the link (a link the owner dropped
+    /// and made again starts over under another one).
     Relay {
         room: String,
         link: u64,
+        incarnation: u64,
         epoch: u64,
         seq: u64,
         body: Relayed,

@@ -600,6 +600,17 @@ impl Queue {
             }
             !stale
         });
+        for pending in self.checkpoints.values_mut() {
+            // A checkpoint of a newer epoch may still hold an older one's canvas rows.
+            pending.canvases.retain(|_, c| {
+                let stale = is_stale(&c.room_code, c.epoch);
+                if stale {
+                    dropped.0 += 1;
+                    dropped.1 += canvas_size(c);
+                }
+                !stale
+            });
+        }
         self.checkpoints.retain(|_, pending| {
             let stale = is_stale(&pending.snapshot.room_code, pending.snapshot.epoch);
             if stale {
