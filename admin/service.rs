@@ -66,10 +66,13 @@ impl AdminService {
     }
 
     async fn info(&self, room: &RoomHandle) -> Result<pb::Room, Status> {
-        room.info()
-            .await
-            .map(|info| convert::room_to_pb(&info))
-            .ok_or_else(|| Status::not_found(format!("room {} not found", room.code())))
+        match room.try_info().await {
+            Ok(info) => Ok(convert::room_to_pb(&info)),
+            Err(why) if why.code == crate::protocol::ErrorCode::RoomNotFound => {
+                Err(Status::not_found(format!("room {} not found", room.code())))
+            }
+            Err(why) => Err(status_of(why)),
+        }
     }
 }
 
@@ -426,10 +429,13 @@ impl RoomAdmin for AdminService {
             } else {
                 req.reason.clone()
             };
-            let snapshot = handle
-                .close(reason)
-                .await
-                .ok_or_else(|| Status::not_found(format!("room {} not found", req.room_code)))?;
+            let snapshot = handle.try_close(reason).await.map_err(|why| {
+                if why.code == crate::protocol::ErrorCode::RoomNotFound {
+                    Status::not_found(format!("room {} not found", req.room_code))
+                } else {
+                    status_of(why)
+                }
+            })?;
             self.app.registry.remove(&req.room_code);
             Ok(Response::new(pb::CloseRoomResponse {
                 final_version: snapshot.version,

@@ -184,7 +184,7 @@ pub enum RoomMsg {
     },
     /// The room's state as the admin plane (and tests) see it.
     Info {
-        reply: oneshot::Sender<RoomInfo>,
+        reply: oneshot::Sender<Result<RoomInfo, Rejection>>,
     },
     /// Adds a watcher: it receives every event (not heartbeats), starting with the
     /// current `room_state`. Refused past the bounds on watchers.
@@ -199,7 +199,7 @@ pub enum RoomMsg {
     /// Disconnects everyone with `reason`, ends watchers, and stops the owner.
     Close {
         reason: String,
-        reply: oneshot::Sender<RoomSnapshot>,
+        reply: oneshot::Sender<Result<RoomSnapshot, Rejection>>,
     },
     /// Cluster mode: a message from another node for this room's owner.
     Remote(Box<wire::Message>),
@@ -339,9 +339,18 @@ impl RoomHandle {
     }
 
     pub async fn info(&self) -> Option<RoomInfo> {
+        self.try_info().await.ok()
+    }
+
+    /// The room's state, or why it cannot be had: `room_not_found` when the room is
+    /// gone, `unavailable` when (cluster mode) its owner node did not answer.
+    pub async fn try_info(&self) -> Result<RoomInfo, Rejection> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(RoomMsg::Info { reply }).await.ok()?;
-        rx.await.ok()
+        self.tx
+            .send(RoomMsg::Info { reply })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
     }
 
     /// Saves the room now if it changed since its last checkpoint.
@@ -384,9 +393,17 @@ impl RoomHandle {
 
     /// Closes the room; returns its final snapshot, or `None` if it was already gone.
     pub async fn close(&self, reason: String) -> Option<RoomSnapshot> {
+        self.try_close(reason).await.ok()
+    }
+
+    /// Closes the room, or says why not (as `try_info`).
+    pub async fn try_close(&self, reason: String) -> Result<RoomSnapshot, Rejection> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(RoomMsg::Close { reason, reply }).await.ok()?;
-        rx.await.ok()
+        self.tx
+            .send(RoomMsg::Close { reason, reply })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
     }
 }
 
@@ -672,11 +689,11 @@ impl Owner {
                 }
             }
             RoomMsg::Info { reply } => {
-                let _ = reply.send(RoomInfo {
+                let _ = reply.send(Ok(RoomInfo {
                     snapshot: self.room.snapshot().clone(),
                     settings: self.room.settings.clone(),
                     connections: self.members.len(),
-                });
+                }));
             }
             RoomMsg::Checkpoint { reply } => {
                 self.checkpoint(false);
@@ -687,7 +704,7 @@ impl Owner {
             }
             RoomMsg::Close { reason, reply } => {
                 self.close(&reason);
-                let _ = reply.send(self.room.snapshot().clone());
+                let _ = reply.send(Ok(self.room.snapshot().clone()));
                 return Flow::Stop;
             }
             RoomMsg::Remote(message) => return self.remote(*message),

@@ -125,7 +125,7 @@ async fn servers(variant: Variant, database_url: &str) -> Vec<Server> {
             ("REDIS_URL", "redis://127.0.0.1:6379"),
             ("REDIS_KEY_PREFIX", prefix.as_str()),
             ("NODE_ID", node),
-            ("CLUSTER_LEASE_TTL_MS", "1500"),
+            ("CLUSTER_LEASE_TTL_MS", "3000"),
         ];
         let mut s = server(variant, database_url, &extra).await;
         s.node = node.to_string();

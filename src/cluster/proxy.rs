@@ -283,13 +283,16 @@ impl Proxy {
                     let answer = cluster
                         .call(&owner, |call| Message::Info { room, from, call })
                         .await;
-                    if let Ok(Answer::Info { info }) = answer {
-                        let _ = reply.send(RoomInfo {
+                    let _ = reply.send(match answer {
+                        Ok(Answer::Info { info }) => Ok(RoomInfo {
                             snapshot: info.snapshot,
                             settings: info.settings,
                             connections: info.connections,
-                        });
-                    }
+                        }),
+                        Ok(Answer::Refused { why }) => Err(why),
+                        Ok(_) => Err(unavailable("unexpected answer")),
+                        Err(why) => Err(why),
+                    });
                 });
             }
             RoomMsg::Close { reason, reply } => {
@@ -303,9 +306,12 @@ impl Proxy {
                             reason,
                         })
                         .await;
-                    if let Ok(Answer::Closed { snapshot }) = answer {
-                        let _ = reply.send(snapshot);
-                    }
+                    let _ = reply.send(match answer {
+                        Ok(Answer::Closed { snapshot }) => Ok(snapshot),
+                        Ok(Answer::Refused { why }) => Err(why),
+                        Ok(_) => Err(unavailable("unexpected answer")),
+                        Err(why) => Err(why),
+                    });
                 });
             }
             RoomMsg::Watch { out, reply } => {

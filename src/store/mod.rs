@@ -651,9 +651,15 @@ impl Store {
         let rows: Vec<(String,)> = self
             .read(
                 "owned rooms",
-                sqlx::query_as("SELECT room_code FROM room_owners WHERE node_id = $1")
-                    .bind(node)
-                    .fetch_all(pool),
+                // Open rooms only: a node's closed rooms stay in room_owners for ever.
+                sqlx::query_as(
+                    "SELECT o.room_code FROM room_owners o WHERE o.node_id = $1 \
+                     AND NOT COALESCE((SELECT (s.snapshot->>'closed')::boolean \
+                                       FROM room_snapshots s WHERE s.room_code = o.room_code \
+                                       ORDER BY s.version DESC LIMIT 1), false)",
+                )
+                .bind(node)
+                .fetch_all(pool),
             )
             .await?;
         Ok(rows.into_iter().map(|(c,)| c).collect())
