@@ -66,7 +66,15 @@ impl AdminService {
     }
 
     async fn info(&self, room: &RoomHandle) -> Result<pb::Room, Status> {
-        match room.try_info().await {
+        let mut result = room.try_info().await;
+        // Cluster mode: a handle whose room moved away just now; ask the cluster again.
+        if self.app.registry.cluster().is_some()
+            && matches!(&result, Err(why) if why.code == crate::protocol::ErrorCode::RoomNotFound)
+            && let Ok(again) = self.app.registry.find(room.code()).await
+        {
+            result = again.try_info().await;
+        }
+        match result {
             Ok(info) => Ok(convert::room_to_pb(&info)),
             Err(why) if why.code == crate::protocol::ErrorCode::RoomNotFound => {
                 Err(Status::not_found(format!("room {} not found", room.code())))

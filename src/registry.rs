@@ -28,7 +28,7 @@ struct Rooms {
     /// Cluster mode: rooms closed here whose final snapshot may not be stored yet;
     /// their leases are renewed until it is, so no node takes them back meanwhile.
     /// (`None` on a single node, which needs no such list.)
-    closing: Option<HashSet<String>>,
+    closing: Option<HashMap<String, std::time::Instant>>,
 }
 
 struct Entry {
@@ -59,7 +59,7 @@ pub struct ClusterParts {
     /// Set at SIGTERM: this node takes no room any more.
     handing_over: AtomicBool,
     /// Rooms being handed over now: not taken back while their rows are written.
-    handing: Mutex<HashSet<String>>,
+    handing: Arc<Mutex<HashSet<String>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -70,6 +70,10 @@ impl ClusterParts {
     /// Whether this node is giving rooms up (all at SIGTERM, or `code` now).
     fn giving_up(&self, code: &str) -> bool {
         self.handing_over.load(Ordering::Acquire) || lock(&self.handing).contains(code)
+    }
+
+    fn handing_set(&self) -> Arc<Mutex<HashSet<String>>> {
+        self.handing.clone()
     }
 
     /// SIGTERM's hand-over has begun (`/readyz` says so).
@@ -84,7 +88,7 @@ impl ClusterParts {
             persistence,
             takeovers: Mutex::new(HashMap::new()),
             handing_over: AtomicBool::new(false),
-            handing: Mutex::new(HashSet::new()),
+            handing: Arc::new(Mutex::new(HashSet::new())),
         }
     }
 }
@@ -128,7 +132,7 @@ impl Registry {
     /// Cluster mode: rooms are taken over from `parts.store` on demand.
     pub fn with_cluster(mut self, parts: ClusterParts) -> Registry {
         self.cluster = Some(parts);
-        write(&self.rooms).closing = Some(HashSet::new());
+        write(&self.rooms).closing = Some(HashMap::new());
         self
     }
 
@@ -324,6 +328,11 @@ impl Registry {
         let entry = rooms.live.remove(code)?;
         rooms.retired.insert(code.to_string());
         rooms.seeded -= usize::from(entry.seeded);
+        if !entry.relay
+            && let Some(closing) = rooms.closing.as_mut()
+        {
+            closing.insert(code.to_string(), std::time::Instant::now());
+        }
         Some(entry.handle)
     }
 
@@ -464,7 +473,7 @@ impl Registry {
             .await?;
         match answer {
             Answer::Created { result: Ok(()) } => Ok(self.relay(parts, &code, target)),
-            Answer::Created { result: Err(why) } | Answer::Refused { why } => Err(why),
+            Answer::Created { result: Err(why) } | Answer::Refused { why, .. } => Err(why),
             _ => Err(unavailable("unexpected answer")),
         }
     }
@@ -493,6 +502,9 @@ impl Registry {
         }
         let lock = self.takeover_lock(parts, code);
         let _one_at_a_time = lock.lock().await;
+        if parts.giving_up(code) {
+            return Err(unavailable("this node is handing the room over; try again"));
+        }
         // Closed here (its final snapshot may still be on its way to the store): the
         // lease stays with this node until it expires, and nothing takes it back.
         if read(&self.rooms).retired.contains(code) {
@@ -526,6 +538,17 @@ impl Registry {
             Err(e) => return refuse(unavailable(e)).await,
         };
         let (room, provenance) = match (stored, create) {
+            (Stored::Absent, Some((_, Provenance::Seeded)))
+                if read(&self.rooms).seeded >= self.max_seeded =>
+            {
+                crate::telemetry::Metrics::inc(
+                    &self.ctx.metrics.counters.seeded_rooms_refused_total,
+                );
+                return refuse(unavailable(
+                    "the server holds as many client-created rooms as it takes",
+                ))
+                .await;
+            }
             (Stored::Absent, Some((room, provenance))) => (room, provenance),
             (Stored::Absent, None) => return refuse(not_found()).await,
             (Stored::Closed, _) => {
@@ -554,6 +577,10 @@ impl Registry {
             }
             Ok(Stored::Open(stored)) => (*stored, Provenance::Restored),
             Ok(Stored::Absent) if provenance != Provenance::Restored => (room, provenance),
+            Ok(Stored::Closed) => {
+                write(&self.rooms).retired.insert(code.to_string());
+                return refuse(Rejection::new(ErrorCode::RoomNotFound, "room was closed")).await;
+            }
             Ok(_) | Err(_) => {
                 return refuse(unavailable("the room changed while taken over")).await;
             }
@@ -641,6 +668,11 @@ impl Registry {
             return;
         }
         if let Some(handle) = self.owned(&code) {
+            // A socket leaving must never be lost (it would stay online for ever).
+            if matches!(message, Message::Detach { .. } | Message::Unlink { .. }) {
+                handle.deliver(RoomMsg::Remote(Box::new(message)));
+                return;
+            }
             if !handle.offer(RoomMsg::Remote(Box::new(message)))
                 && let Some((node, call)) = caller
             {
@@ -649,6 +681,7 @@ impl Registry {
                     call,
                     Answer::Refused {
                         why: unavailable("the room is busy; try again"),
+                        moved: false,
                     },
                 );
             }
@@ -669,20 +702,23 @@ impl Registry {
         }
         let registry = self.clone();
         tokio::spawn(async move {
-            let why = match registry.take_over(&code, None).await {
+            // `moved`: this node is not the room's (the asker's relay must find it
+            // again); a busy room is only busy.
+            let (why, moved) = match registry.take_over(&code, None).await {
                 Ok(Takeover::Taken(handle)) => {
                     if handle.offer(RoomMsg::Remote(Box::new(message))) {
                         return;
                     }
-                    unavailable("the room is busy; try again")
+                    (unavailable("the room is busy; try again"), false)
                 }
-                Ok(Takeover::HeldBy(node)) => {
-                    unavailable(format!("the room is served by node {node}; try again"))
-                }
-                Err(why) => why,
+                Ok(Takeover::HeldBy(node)) => (
+                    unavailable(format!("the room is served by node {node}; try again")),
+                    true,
+                ),
+                Err(why) => (why, true),
             };
             if let Some((node, call)) = caller {
-                cluster.answer(&node, call, Answer::Refused { why });
+                cluster.answer(&node, call, Answer::Refused { why, moved });
             }
         });
     }
@@ -709,15 +745,24 @@ impl Registry {
 
     /// Cluster mode: the rooms closed here whose leases are still kept, and forgets
     /// them once the store holds everything queued (`flushed`).
-    fn closing(&self, flushed: bool) -> Vec<String> {
+    /// Returns (still kept, to release now): a room is released once the queue was
+    /// empty after it closed, or after `CLOSING_KEPT` whatever the queue (bounded).
+    fn closing(&self, flushed: bool) -> (Vec<String>, Vec<String>) {
         let mut rooms = write(&self.rooms);
         let Some(closing) = rooms.closing.as_mut() else {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         };
-        if flushed {
-            return closing.drain().collect();
-        }
-        closing.iter().cloned().collect()
+        let (mut kept, mut done) = (Vec::new(), Vec::new());
+        closing.retain(|code, since| {
+            let release = flushed || since.elapsed() >= CLOSING_KEPT;
+            if release {
+                done.push(code.clone());
+            } else {
+                kept.push(code.clone());
+            }
+            !release
+        });
+        (kept, done)
     }
 
     /// The owned rooms and the epoch of each.
@@ -746,8 +791,15 @@ impl Registry {
                     .await;
             }
         }
+        // The leases are renewed meanwhile: a backlog longer than a lease must not let
+        // another node take a room from an older snapshot while its last rows land.
         let deadline = tokio::time::Instant::now() + wait;
+        let mut renewed = tokio::time::Instant::now();
         while parts.persistence.depth() > 0 && tokio::time::Instant::now() < deadline {
+            if renewed.elapsed() >= parts.cluster.lease_ttl / 3 {
+                let _ = parts.cluster.renew(codes).await;
+                renewed = tokio::time::Instant::now();
+            }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let mut others = (*parts.cluster.live()).clone();
@@ -760,11 +812,17 @@ impl Registry {
                     .send(&next, &Message::Adopt { room: code.clone() });
             }
         }
-        let mut handing = lock(&parts.handing);
-        for code in codes {
-            handing.remove(code);
-        }
-        drop(handing);
+        // Still not taken back for one lease TTL: a message from a node whose view is
+        // older may arrive after the release, before the next owner has the lease.
+        let (codes_done, handing, ttl) =
+            (codes.to_vec(), parts.handing_set(), parts.cluster.lease_ttl);
+        tokio::spawn(async move {
+            tokio::time::sleep(ttl).await;
+            let mut handing = lock(&handing);
+            for code in &codes_done {
+                handing.remove(code);
+            }
+        });
         tracing::info!(rooms = codes.len(), "rooms_handed_over");
     }
 
@@ -780,6 +838,9 @@ impl Registry {
     }
 }
 
+/// The longest a closed room's lease is kept waiting for its final snapshot.
+const CLOSING_KEPT: Duration = Duration::from_secs(600);
+
 fn exists(code: &str) -> Rejection {
     Rejection::new(
         ErrorCode::InvalidTransition,
@@ -793,6 +854,20 @@ async fn save_jump(store: &Store, room: &Room) -> Result<(), Rejection> {
     let stored = room.to_stored_apart(false);
     let canvases = stored.canvas_versions.clone();
     let snapshot = serde_json::to_string(&stored).map_err(unavailable)?;
+    // Every canvas goes with it: replayed events may have moved a canvas past its last
+    // stored row, and a snapshot must never name a row that is not there.
+    let captured_at = time::OffsetDateTime::now_utc();
+    let mut canvas_rows = Vec::with_capacity(room.canvases.len());
+    for (adlob_id, canvas) in &room.canvases {
+        canvas_rows.push(crate::store::CanvasRow {
+            room_code: room.code().to_string(),
+            adlob_id: adlob_id.clone(),
+            version: canvas.version,
+            ops: serde_json::to_string(&canvas.ops).map_err(unavailable)?,
+            captured_at,
+            epoch: room.epoch,
+        });
+    }
     let row = SnapshotRow {
         room_code: room.code().to_string(),
         version: room.version(),
@@ -803,6 +878,7 @@ async fn save_jump(store: &Store, room: &Room) -> Result<(), Rejection> {
         epoch: room.epoch,
     };
     let batch = Batch {
+        canvases: canvas_rows.iter().collect(),
         snapshots: vec![&row],
         ..Batch::default()
     };
@@ -837,13 +913,12 @@ pub async fn upkeep(registry: Weak<Registry>, stop: tokio_util::sync::Cancellati
                     .cluster
                     .as_ref()
                     .is_some_and(|p| p.persistence.depth() == 0);
-                let closing = registry.closing(flushed);
-                if flushed {
-                    for code in &closing {
-                        cluster.release(code).await;
-                    }
-                } else if !closing.is_empty() {
-                    let _ = cluster.renew(&closing).await;
+                let (kept, done) = registry.closing(flushed);
+                for code in &done {
+                    cluster.release(code).await;
+                }
+                if !kept.is_empty() {
+                    let _ = cluster.renew(&kept).await;
                 }
                 let owned = registry.owned_epochs();
                 if owned.is_empty() {
@@ -927,14 +1002,19 @@ fn forget(rooms: &Weak<RwLock<Rooms>>, code: &str, exit: Exit) {
         .get(code)
         .is_some_and(|entry| entry.handle.is_gone());
     if ended {
-        if let Some(entry) = rooms.live.remove(code) {
-            rooms.seeded -= usize::from(entry.seeded);
-        }
+        let relay = match rooms.live.remove(code) {
+            Some(entry) => {
+                rooms.seeded -= usize::from(entry.seeded);
+                entry.relay
+            }
+            None => false,
+        };
         // A room that moved to another node lives on: its code is not retired here.
         if exit == Exit::Ended {
             rooms.retired.insert(code.to_string());
-            if let Some(closing) = rooms.closing.as_mut() {
-                closing.insert(code.to_string());
+            // Only an owner holds the room's lease, to keep until its close is stored.
+            if !relay && let Some(closing) = rooms.closing.as_mut() {
+                closing.insert(code.to_string(), std::time::Instant::now());
             }
         }
     }

@@ -67,6 +67,24 @@ end
 return held
 ";
 
+/// Renews a node's membership by Redis's own clock (nodes' clocks may disagree): its
+/// TTL'd key, and its entry in the members' set scored by when that expires.
+const ANNOUNCE: &str = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[2])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+return now
+";
+
+/// The members not yet expired, by Redis's clock; long-expired entries are pruned.
+const MEMBERS: &str = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]) * 10)
+return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
+";
+
 /// Deletes a lease only if this node holds it.
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -112,6 +130,8 @@ pub struct Cluster {
     left: AtomicBool,
     pub metrics: Arc<Metrics>,
     key_script: (redis::Script, redis::Script, redis::Script),
+    /// ANNOUNCE and MEMBERS.
+    member_script: (redis::Script, redis::Script),
 }
 
 /// How far past the stored version a new owner starts: more than the previous
@@ -214,6 +234,7 @@ impl Cluster {
                 redis::Script::new(RENEW),
                 redis::Script::new(RELEASE),
             ),
+            member_script: (redis::Script::new(ANNOUNCE), redis::Script::new(MEMBERS)),
         });
         cluster.announce().await?;
         cluster.refresh_members().await?;
@@ -307,22 +328,18 @@ impl Cluster {
         }
         let mut redis = self.redis.clone();
         let ttl = self.lease_ttl.as_millis() as u64;
-        let expires = unix_ms().saturating_add(ttl);
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(self.key("node", &self.node))
-            .arg("1")
-            .arg("PX")
-            .arg(ttl)
-            .ignore()
-            .cmd("ZADD")
-            .arg(self.members_key())
-            .arg(expires)
-            .arg(&*self.node)
-            .ignore();
-        let result: Result<(), ClusterError> = bounded(pipe.query_async(&mut redis)).await;
+        let result: Result<i64, ClusterError> = bounded(
+            self.member_script
+                .0
+                .key(self.key("node", &self.node))
+                .key(self.members_key())
+                .arg(&*self.node)
+                .arg(ttl)
+                .invoke_async(&mut redis),
+        )
+        .await;
         self.note(&result);
-        result
+        result.map(|_| ())
     }
 
     /// The sorted set of members: one read per tick, however many keys Redis holds.
@@ -332,22 +349,14 @@ impl Cluster {
 
     async fn refresh_members(&self) -> Result<(), ClusterError> {
         let mut redis = self.redis.clone();
-        let now = unix_ms();
-        // Entries long expired are pruned (a node that died keeps none for ever).
-        let stale = now.saturating_sub(self.lease_ttl.as_millis() as u64 * 10);
-        let mut pipe = redis::pipe();
-        pipe.cmd("ZREMRANGEBYSCORE")
-            .arg(self.members_key())
-            .arg("-inf")
-            .arg(stale)
-            .ignore()
-            .cmd("ZRANGEBYSCORE")
-            .arg(self.members_key())
-            .arg(now)
-            .arg("+inf");
-        let result: Result<(Vec<String>,), ClusterError> =
-            bounded(pipe.query_async(&mut redis)).await;
-        let result = result.map(|(nodes,)| nodes);
+        let result: Result<Vec<String>, ClusterError> = bounded(
+            self.member_script
+                .1
+                .key(self.members_key())
+                .arg(self.lease_ttl.as_millis() as u64)
+                .invoke_async(&mut redis),
+        )
+        .await;
         self.note(&result);
         let found = result?;
         let live: BTreeSet<String> = {
@@ -515,15 +524,6 @@ impl Cluster {
         self.note(&result);
         tracing::info!("cluster_left");
     }
-}
-
-/// Milliseconds since the Unix epoch, by this node's clock (NTP-synchronized, as
-/// tokens already need; the membership grace absorbs small skews).
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -212,7 +212,7 @@ impl Proxy {
                     // failure means the node asked does not serve the room (any more).
                     let (result, stale) = match answer {
                         Ok(Answer::Attached { result }) => (result, false),
-                        Ok(Answer::Refused { why }) => (Err(why), true),
+                        Ok(Answer::Refused { why, moved }) => (Err(why), moved),
                         Ok(_) => (Err(unavailable("unexpected answer")), true),
                         Err(why) => (Err(why), true),
                     };
@@ -269,7 +269,7 @@ impl Proxy {
                                 Ok(Answer::Applied { result }) => {
                                     result.map(|version| Done { version })
                                 }
-                                Ok(Answer::Refused { why }) => Err(why),
+                                Ok(Answer::Refused { why, .. }) => Err(why),
                                 Ok(_) => Err(unavailable("unexpected answer")),
                                 Err(why) => Err(why),
                             });
@@ -289,7 +289,7 @@ impl Proxy {
                             settings: info.settings,
                             connections: info.connections,
                         }),
-                        Ok(Answer::Refused { why }) => Err(why),
+                        Ok(Answer::Refused { why, .. }) => Err(why),
                         Ok(_) => Err(unavailable("unexpected answer")),
                         Err(why) => Err(why),
                     });
@@ -308,7 +308,7 @@ impl Proxy {
                         .await;
                     let _ = reply.send(match answer {
                         Ok(Answer::Closed { snapshot }) => Ok(snapshot),
-                        Ok(Answer::Refused { why }) => Err(why),
+                        Ok(Answer::Refused { why, .. }) => Err(why),
                         Ok(_) => Err(unavailable("unexpected answer")),
                         Err(why) => Err(why),
                     });
@@ -348,7 +348,7 @@ impl Proxy {
                         .await;
                     let result = match answer {
                         Ok(Answer::Linked { result }) => result,
-                        Ok(Answer::Refused { why }) => Err(why),
+                        Ok(Answer::Refused { why, .. }) => Err(why),
                         Ok(_) => Err(unavailable("unexpected answer")),
                         Err(why) => Err(why),
                     };
@@ -403,14 +403,6 @@ impl Proxy {
         if link != self.link {
             return true; // for an earlier relay of this room here
         }
-        match self.incarnation {
-            Some(known) if known != incarnation => {
-                self.resync("the room's node made the link again");
-                return false;
-            }
-            _ => self.incarnation = Some(incarnation),
-        }
-        self.last_heard = tokio::time::Instant::now();
         match self.epoch {
             Some(known) if epoch < known => return true, // a stale owner's
             Some(known) if epoch > known => {
@@ -419,6 +411,14 @@ impl Proxy {
             }
             _ => self.epoch = Some(epoch),
         }
+        match self.incarnation {
+            Some(known) if known != incarnation => {
+                self.resync("the room's node made the link again");
+                return false;
+            }
+            _ => self.incarnation = Some(incarnation),
+        }
+        self.last_heard = tokio::time::Instant::now();
         if seq < self.next_seq {
             return true; // a duplicate
         }

@@ -69,6 +69,7 @@ pub enum Message {
     Relay {
         room: String,
         link: u64,
+        #[serde(default)]
         incarnation: u64,
         epoch: u64,
         seq: u64,
@@ -146,9 +147,12 @@ pub enum Answer {
     Created {
         result: Result<(), Rejection>,
     },
-    /// The node asked does not own the room and could not take it.
+    /// The node asked could not serve the call: with `moved`, because it does not own
+    /// the room (nor could take it); without, for now (the room's queue was full).
     Refused {
         why: Rejection,
+        #[serde(default)]
+        moved: bool,
     },
 }
 
