@@ -1162,6 +1162,45 @@ mod tests {
     }
 
     #[test]
+    fn cluster_mode_needs_postgres_and_a_plain_node_id() {
+        let redis = ("REDIS_URL", "redis://:hunter2@redis:6379");
+        assert!(
+            load(&[]).expect("defaults").cluster.is_none(),
+            "one node by default"
+        );
+        for database in ["sqlite://data/k.db", "memory:"] {
+            let errors = load(&[redis, ("DATABASE_URL", database)]).expect_err(database);
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(
+                errors[0].starts_with("REDIS_URL: cluster mode needs a shared postgres"),
+                "{errors:?}"
+            );
+        }
+        let pg = ("DATABASE_URL", "postgres://db/karaoke");
+        let c = load(&[redis, pg, ("NODE_ID", "pod-7")]).expect("cluster");
+        let cluster = c.cluster.expect("cluster mode");
+        assert_eq!(cluster.node_id, "pod-7");
+        assert_eq!(cluster.key_prefix, "karaoke");
+        assert_eq!(cluster.lease_ttl, Duration::from_secs(5));
+        assert!(
+            !format!("{cluster:?}").contains("hunter2"),
+            "the URL never prints"
+        );
+        let errors = load(&[redis, pg, ("NODE_ID", "bad id!")]).expect_err("node id");
+        assert!(errors[0].starts_with("NODE_ID:"), "{errors:?}");
+        let errors = load(&[("REDIS_URL", "http://redis"), pg]).expect_err("scheme");
+        assert!(
+            errors[0].starts_with("REDIS_URL: expected redis://"),
+            "{errors:?}"
+        );
+        // The default name: the host's, plus a suffix two processes never share.
+        let a = load(&[redis, pg]).expect("a").cluster.expect("a").node_id;
+        let b = load(&[redis, pg]).expect("b").cluster.expect("b").node_id;
+        assert_ne!(a, b);
+        assert!(valid_node_id(&a), "{a}");
+    }
+
+    #[test]
     fn secrets_never_print() {
         let c = load(&[("REALTIME_SHARED_SECRET", "super-secret-value-123")]).expect("ok");
         assert!(!format!("{c:?}").contains("super-secret"));

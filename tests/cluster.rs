@@ -1148,3 +1148,23 @@ async fn a_socket_on_a_non_owner_gets_the_rooms_heartbeats() {
     let next = tokio::time::timeout(Duration::from_millis(300), watch.message()).await;
     assert!(next.is_err(), "no heartbeat reaches a watcher: {next:?}");
 }
+
+/// A subscriber that is connected but wedged (its connection forwards nothing, while
+/// commands on the other connection still work) makes `/readyz` say 503; it comes back
+/// by itself when the connection moves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_subscriber_does_not_look_healthy() {
+    let database = db::fresh_postgres().await;
+    let prefix = prefix();
+    let proxy = Proxy::start("127.0.0.1:6379".parse().expect("addr")).await;
+    let url = format!("redis://{}", proxy.addr);
+    let node = Node::start(&database.url, &url, &prefix, "node-w", &[]).await;
+    // The subscriber's connection is the one that sends PING on every tick (the
+    // command connection publishes and runs scripts).
+    proxy.freeze_next(b"PING");
+    node.await_ready(false).await;
+    let (status, body) = http_get(node.port, "/readyz").await;
+    assert_eq!((status, body.trim()), (503, "cluster unreachable"));
+    proxy.thaw();
+    node.await_ready(true).await;
+}
