@@ -1168,3 +1168,62 @@ async fn a_wedged_subscriber_does_not_look_healthy() {
     proxy.thaw();
     node.await_ready(true).await;
 }
+
+/// PostgreSQL cut from a cluster node mid-game behaves as on one node: the owner keeps
+/// its room (its lease lives in Redis), changes go on in memory and queue, and when the
+/// database returns every one of them is stored, once, in order; the players on the
+/// other node see them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_in_cluster_mode_loses_nothing() {
+    let database = db::fresh_postgres().await;
+    let prefix = prefix();
+    let room = "PGDOWN";
+    let ids = ["node-a", "node-b"];
+    let set: std::collections::BTreeSet<String> = ids.iter().map(|s| s.to_string()).collect();
+    let owner_id = karaoke_realtime::cluster::preferred(room, &set).expect("a node");
+    // The owner reaches PostgreSQL through a proxy the test can cut (plaintext: the
+    // proxy only forwards bytes).
+    let proxy = Proxy::start(db::postgres_addr()).await;
+    let via_proxy = format!(
+        "postgres://postgres@{}/{}?sslmode=disable",
+        proxy.addr, database.name
+    );
+    let mut nodes = Vec::new();
+    for id in ids {
+        let url = if id == owner_id { via_proxy.as_str() } else { database.url.as_str() };
+        nodes.push(Node::start(url, MACHINE_REDIS, &prefix, id, &[]).await);
+    }
+    for node in &mut nodes {
+        node.proc
+            .find("sees both nodes", |v| v["message"] == "cluster_membership_changed" && v["live"] == 2)
+            .await;
+    }
+    let seed = seed_snapshot(room, &["host", "p2"]);
+    let (owner, other) = if nodes[0].id == owner_id { (0, 1) } else { (1, 0) };
+    let mut host = nodes[owner].player("host").await;
+    let mut p2 = nodes[other].player("p2").await;
+    join(&mut host, room, "host", Some(seed), None).await;
+    join(&mut p2, room, "p2", None, None).await;
+    host.see("room_state", 3).await;
+    assert_eq!(owner_epoch(&database.url, room).await.expect("owner").1, owner_id);
+
+    proxy.cut().await;
+    let mut last = 3;
+    for ready in [true, false, true, false, true] {
+        p2.set_ready(room, "p2", ready).await;
+        last = all_see(&mut [&mut p2, &mut host], "ready_update").await;
+    }
+    nodes[owner]
+        .proc
+        .find("the writer says the database is failing", |v| v["message"] == "persist_batch_failed")
+        .await;
+    proxy.restore();
+    let log = await_log(&database.url, room, last).await;
+    let versions: Vec<i64> = log.iter().map(|(v, _)| *v).collect();
+    assert_eq!(versions, (2..=last as i64).collect::<Vec<_>>(), "every change once: {log:?}");
+    assert_eq!(
+        owner_epoch(&database.url, room).await.expect("owner"),
+        (1, owner_id),
+        "the room never moved"
+    );
+}
