@@ -1190,22 +1190,35 @@ async fn a_postgres_outage_in_cluster_mode_loses_nothing() {
     );
     let mut nodes = Vec::new();
     for id in ids {
-        let url = if id == owner_id { via_proxy.as_str() } else { database.url.as_str() };
+        let url = if id == owner_id {
+            via_proxy.as_str()
+        } else {
+            database.url.as_str()
+        };
         nodes.push(Node::start(url, MACHINE_REDIS, &prefix, id, &[]).await);
     }
     for node in &mut nodes {
         node.proc
-            .find("sees both nodes", |v| v["message"] == "cluster_membership_changed" && v["live"] == 2)
+            .find("sees both nodes", |v| {
+                v["message"] == "cluster_membership_changed" && v["live"] == 2
+            })
             .await;
     }
     let seed = seed_snapshot(room, &["host", "p2"]);
-    let (owner, other) = if nodes[0].id == owner_id { (0, 1) } else { (1, 0) };
+    let (owner, other) = if nodes[0].id == owner_id {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
     let mut host = nodes[owner].player("host").await;
     let mut p2 = nodes[other].player("p2").await;
     join(&mut host, room, "host", Some(seed), None).await;
     join(&mut p2, room, "p2", None, None).await;
     host.see("room_state", 3).await;
-    assert_eq!(owner_epoch(&database.url, room).await.expect("owner").1, owner_id);
+    assert_eq!(
+        owner_epoch(&database.url, room).await.expect("owner").1,
+        owner_id
+    );
 
     proxy.cut().await;
     let mut last = 3;
@@ -1215,12 +1228,18 @@ async fn a_postgres_outage_in_cluster_mode_loses_nothing() {
     }
     nodes[owner]
         .proc
-        .find("the writer says the database is failing", |v| v["message"] == "persist_batch_failed")
+        .find("the writer says the database is failing", |v| {
+            v["message"] == "persist_batch_failed"
+        })
         .await;
     proxy.restore();
     let log = await_log(&database.url, room, last).await;
     let versions: Vec<i64> = log.iter().map(|(v, _)| *v).collect();
-    assert_eq!(versions, (2..=last as i64).collect::<Vec<_>>(), "every change once: {log:?}");
+    assert_eq!(
+        versions,
+        (2..=last as i64).collect::<Vec<_>>(),
+        "every change once: {log:?}"
+    );
     assert_eq!(
         owner_epoch(&database.url, room).await.expect("owner"),
         (1, owner_id),
