@@ -205,24 +205,29 @@ impl RoomAdmin for AdminService {
         let more = page.len() > size;
         page.truncate(size);
         let mut rooms = Vec::with_capacity(page.len());
-        for code in &page {
-            // A room closed since the listing is simply skipped.
-            let Ok(info) = self.app.registry.find(code).await else {
-                continue;
+        for (code, stored) in &page {
+            // A room some node serves answers for itself; one nobody serves now (cluster
+            // mode) is listed as the store has it, with no connections. A room closed
+            // since the listing is simply skipped.
+            let live = match self.app.registry.served(code).await {
+                Some(handle) => handle.try_info().await.ok(),
+                None => None,
             };
-            let Some(info) = info.info().await else {
-                continue;
+            let (snapshot, connections) = match (&live, stored) {
+                (Some(info), _) => (&info.snapshot, info.connections),
+                (None, Some(snapshot)) => (snapshot, 0),
+                (None, None) => continue,
             };
             rooms.push(pb::RoomSummary {
-                code: info.snapshot.code.clone(),
-                status: convert::status_to_pb(info.snapshot.status) as i32,
-                player_count: info.snapshot.players.len() as u32,
-                connection_count: u32::try_from(info.connections).unwrap_or(u32::MAX),
-                version: info.snapshot.version,
+                code: snapshot.code.clone(),
+                status: convert::status_to_pb(snapshot.status) as i32,
+                player_count: snapshot.players.len() as u32,
+                connection_count: u32::try_from(connections).unwrap_or(u32::MAX),
+                version: snapshot.version,
             });
         }
         let next_page_token = match page.last() {
-            Some(last) if more => last.clone(),
+            Some((last, _)) if more => last.clone(),
             _ => String::new(),
         };
         Ok(Response::new(pb::ListRoomsResponse {

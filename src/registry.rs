@@ -355,9 +355,14 @@ impl Registry {
             .collect()
     }
 
-    /// One page of open room codes, sorted, after `after`: this node's rooms, or in
-    /// cluster mode every open room the store holds.
-    pub async fn list(&self, after: &str, size: usize) -> Result<Vec<String>, Rejection> {
+    /// One page of open rooms, sorted by code, after `after`: this node's rooms, or in
+    /// cluster mode every open room the store holds, with its latest stored snapshot
+    /// (for a room no node serves now: listing never takes a room over).
+    pub async fn list(
+        &self,
+        after: &str,
+        size: usize,
+    ) -> Result<Vec<(String, Option<crate::protocol::RoomSnapshot>)>, Rejection> {
         if let Some(parts) = &self.cluster {
             return parts
                 .store
@@ -371,7 +376,20 @@ impl Registry {
             .into_iter()
             .filter(|c| after.is_empty() || c.as_str() > after)
             .take(size)
+            .map(|c| (c, None))
             .collect())
+    }
+
+    /// The room if some node serves it now (here, or a live lease holder elsewhere),
+    /// without taking it over: `None` for a room nobody serves.
+    pub async fn served(&self, code: &str) -> Option<RoomHandle> {
+        if let Some(handle) = self.get(code) {
+            return Some(handle);
+        }
+        let parts = self.cluster.as_ref()?;
+        let holder = parts.cluster.holder(code).await.ok()??;
+        (holder != *parts.cluster.node && parts.cluster.live().contains(&holder))
+            .then(|| self.relay(parts, code, holder))
     }
 
     /// Handles of every room this node owns (for shutdown's final checkpoints).

@@ -1246,3 +1246,66 @@ async fn a_postgres_outage_in_cluster_mode_loses_nothing() {
         "the room never moved"
     );
 }
+
+/// `ListRooms` lists a room no node serves (its cluster restarted) as the store has
+/// it, without taking it over; `GetRoom` takes it over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_rooms_never_takes_a_room_over() {
+    let database = db::fresh_postgres().await;
+    let prefix = prefix();
+    let mut first = Node::start(&database.url, MACHINE_REDIS, &prefix, "node-a", &[]).await;
+    let created = admin(&first)
+        .await
+        .create_room(pb::CreateRoomRequest {
+            code: "DORMANT".into(),
+            host: Some(pb_player("host", 0, true)),
+            settings: None,
+        })
+        .await
+        .expect("CreateRoom")
+        .into_inner()
+        .room
+        .expect("room");
+    first.proc.sigterm().await;
+    assert!(first.proc.wait_exit().await.success());
+    let before = owner_epoch(&database.url, "DORMANT").await.expect("owner");
+
+    let second = Node::start(&database.url, MACHINE_REDIS, &prefix, "node-b", &[]).await;
+    let mut b = admin(&second).await;
+    let listed = b
+        .list_rooms(pb::ListRoomsRequest {
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await
+        .expect("ListRooms")
+        .into_inner();
+    assert_eq!(listed.rooms.len(), 1, "{listed:?}");
+    let room = &listed.rooms[0];
+    assert_eq!(
+        (room.code.as_str(), room.version, room.connection_count),
+        ("DORMANT", created.version, 0)
+    );
+    assert_eq!(
+        owner_epoch(&database.url, "DORMANT").await.as_ref(),
+        Some(&before),
+        "not taken over"
+    );
+
+    let got = b
+        .get_room(pb::GetRoomRequest {
+            room_code: "DORMANT".into(),
+        })
+        .await
+        .expect("GetRoom")
+        .into_inner()
+        .room
+        .expect("room");
+    assert_eq!(got.code, "DORMANT");
+    let (epoch, node) = owner_epoch(&database.url, "DORMANT").await.expect("owner");
+    assert_eq!(
+        (epoch, node.as_str()),
+        (before.0 + 1, "node-b"),
+        "GetRoom took it over"
+    );
+}

@@ -665,17 +665,23 @@ impl Store {
         Ok(rows.into_iter().map(|(c,)| c).collect())
     }
 
-    /// Cluster mode: the codes of every open room (latest snapshot not closed), in
-    /// order, from `after` on, at most `limit` (the whole cluster's `ListRooms`).
-    pub async fn open_rooms(&self, after: &str, limit: usize) -> Result<Vec<String>, StoreError> {
+    /// Cluster mode: every open room (latest snapshot not closed), in code order,
+    /// after `after`, at most `limit`, each with the room as its latest snapshot has
+    /// it (`None` if that does not parse): the whole cluster's `ListRooms`.
+    pub async fn open_rooms(
+        &self,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, Option<crate::protocol::RoomSnapshot>)>, StoreError> {
         let Pool::Postgres(pool) = &self.pool else {
             return Ok(Vec::new());
         };
-        let rows: Vec<(String,)> = self
+        let rows: Vec<(String, Option<String>)> = self
             .read(
                 "open rooms",
                 sqlx::query_as(
-                    "SELECT room_code FROM (SELECT DISTINCT ON (room_code) room_code, snapshot \
+                    "SELECT room_code, (snapshot->'snapshot')::text FROM \
+                     (SELECT DISTINCT ON (room_code) room_code, snapshot \
                      FROM room_snapshots WHERE room_code > $1 ORDER BY room_code, version DESC) s \
                      WHERE NOT COALESCE((snapshot->>'closed')::boolean, false) \
                      ORDER BY room_code LIMIT $2",
@@ -685,7 +691,13 @@ impl Store {
                 .fetch_all(pool),
             )
             .await?;
-        Ok(rows.into_iter().map(|(c,)| c).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(code, json)| {
+                let snapshot = json.and_then(|j| serde_json::from_str(&j).ok());
+                (code, snapshot)
+            })
+            .collect())
     }
 
     /// Room code → versions of its refused events (every code with a dead letter of
