@@ -534,14 +534,6 @@ impl Registry {
                 None => Ok(Takeover::Taken(handle)),
             };
         }
-        if matches!(&create, Some((_, Provenance::Seeded)))
-            && read(&self.rooms).seeded >= self.max_seeded
-        {
-            crate::telemetry::Metrics::inc(&self.ctx.metrics.counters.seeded_rooms_refused_total);
-            return Err(unavailable(
-                "the server holds as many client-created rooms as it takes",
-            ));
-        }
         let cluster = &parts.cluster;
         let holder = cluster.acquire(code).await.map_err(unavailable)?;
         if holder != *cluster.node {
@@ -627,6 +619,10 @@ impl Registry {
         } else {
             room.epoch = epoch;
             tracing::info!(roomCode = %code, epoch, "room_created_here");
+        }
+        // A hand-over that began while this takeover ran gets the room as well.
+        if parts.giving_up(code) {
+            return refuse(unavailable("this node is handing the room over; try again")).await;
         }
         let mut rooms = write(&self.rooms);
         // A relay of this room here gives way to the owner.
@@ -765,8 +761,14 @@ impl Registry {
     /// them once the store holds everything queued (`flushed`).
     /// Returns (still kept, to release now): a room is released once the queue was
     /// empty after it closed, or after `CLOSING_KEPT` whatever the queue (bounded).
-    fn closing(&self, flushed: bool) -> (Vec<String>, Vec<String>) {
+    fn closing(&self) -> (Vec<String>, Vec<String>) {
         let mut rooms = write(&self.rooms);
+        // Read under the lock rooms are added under: a room closed before it had its
+        // rows counted already (they are queued before its owner ends).
+        let flushed = self
+            .cluster
+            .as_ref()
+            .is_some_and(|p| p.persistence.depth() == 0);
         let Some(closing) = rooms.closing.as_mut() else {
             return (Vec::new(), Vec::new());
         };
@@ -812,7 +814,11 @@ impl Registry {
         // The leases are renewed meanwhile: a backlog longer than a lease must not let
         // another node take a room from an older snapshot while its last rows land.
         let deadline = tokio::time::Instant::now() + wait;
-        let mut renewed = tokio::time::Instant::now();
+        // Renewed at once: the rooms stopped first have been out of the upkeep's
+        // renewals since they stopped.
+        let mut renewed = tokio::time::Instant::now()
+            .checked_sub(parts.cluster.lease_ttl)
+            .unwrap_or_else(tokio::time::Instant::now);
         while parts.persistence.depth() > 0 && tokio::time::Instant::now() < deadline {
             if renewed.elapsed() >= parts.cluster.lease_ttl / 3 {
                 let _ = parts.cluster.renew(codes).await;
@@ -927,11 +933,7 @@ pub async fn upkeep(registry: Weak<Registry>, stop: tokio_util::sync::Cancellati
             _ = tick.tick() => {
                 let Some(registry) = registry.upgrade() else { return };
                 // Closed rooms keep their lease until their final snapshot is stored.
-                let flushed = registry
-                    .cluster
-                    .as_ref()
-                    .is_some_and(|p| p.persistence.depth() == 0);
-                let (kept, done) = registry.closing(flushed);
+                let (kept, done) = registry.closing();
                 for code in &done {
                     cluster.release(code).await;
                 }

@@ -1309,3 +1309,48 @@ async fn list_rooms_never_takes_a_room_over() {
         "GetRoom took it over"
     );
 }
+
+/// A join carrying a seed, on a node at its cap of client-seeded rooms, still joins a
+/// room the store holds (the stored room wins over the seed, and is not a seeded one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_at_the_cap_still_joins_a_stored_room() {
+    let database = db::fresh_postgres().await;
+    let prefix = prefix();
+    let capped = [("MAX_SEEDED_ROOMS", "0")];
+    let mut first = Node::start(&database.url, MACHINE_REDIS, &prefix, "node-a", &capped).await;
+    admin(&first)
+        .await
+        .create_room(pb::CreateRoomRequest {
+            code: "STORED".into(),
+            host: Some(pb_player("host", 0, true)),
+            settings: None,
+        })
+        .await
+        .expect("CreateRoom");
+    first.proc.sigterm().await;
+    assert!(first.proc.wait_exit().await.success());
+
+    let second = Node::start(&database.url, MACHINE_REDIS, &prefix, "node-b", &capped).await;
+    let mut host = second.player("host").await;
+    let hello = join(
+        &mut host,
+        "STORED",
+        "host",
+        Some(seed_snapshot("STORED", &["host"])),
+        None,
+    )
+    .await;
+    assert_eq!(hello["snapshot"]["code"], "STORED");
+    // A room the store lacks is still refused at the cap.
+    let mut other = second.player("other").await;
+    let refused = other
+        .join_with(
+            "NEWONE",
+            "host",
+            &token("NEWONE", "host"),
+            Some(seed_snapshot("NEWONE", &["host"])),
+            None,
+        )
+        .await;
+    assert_eq!(refused["code"], "unavailable", "{refused}");
+}

@@ -106,6 +106,27 @@ pub fn spawn(
     RoomHandle::new(code, tx)
 }
 
+/// A call to the owner. An answer saying that node no longer serves the room makes
+/// the relay go, so that the room's next user finds where it is now.
+async fn ask(
+    cluster: &Cluster,
+    owner: &str,
+    tx: &mpsc::WeakSender<RoomMsg>,
+    message: impl FnOnce(u64) -> Message,
+) -> Result<Answer, Rejection> {
+    let answer = cluster.call(owner, message).await;
+    if let Ok(Answer::Refused { moved: true, .. }) = &answer
+        && let Some(tx) = tx.upgrade()
+    {
+        let _ = tx
+            .send(RoomMsg::NodeGone {
+                node: owner.to_string(),
+            })
+            .await;
+    }
+    answer
+}
+
 fn unavailable(message: &str) -> Rejection {
     Rejection::new(ErrorCode::Unavailable, message.to_string())
 }
@@ -254,17 +275,17 @@ impl Proxy {
                         },
                     ),
                     Some(reply) => {
-                        let (cluster, owner) = (self.cluster.clone(), self.owner.clone());
+                        let (cluster, owner, tx) =
+                            (self.cluster.clone(), self.owner.clone(), self.tx.clone());
                         tokio::spawn(async move {
-                            let answer = cluster
-                                .call(&owner, |call| Message::Command {
-                                    room,
-                                    from,
-                                    call: Some(call),
-                                    origin,
-                                    action,
-                                })
-                                .await;
+                            let answer = ask(&cluster, &owner, &tx, |call| Message::Command {
+                                room,
+                                from,
+                                call: Some(call),
+                                origin,
+                                action,
+                            })
+                            .await;
                             let _ = reply.send(match answer {
                                 Ok(Answer::Applied { result }) => {
                                     result.map(|version| Done { version })
@@ -278,11 +299,15 @@ impl Proxy {
                 }
             }
             RoomMsg::Info { reply } => {
-                let (cluster, owner) = (self.cluster.clone(), self.owner.clone());
+                let (cluster, owner, tx) =
+                    (self.cluster.clone(), self.owner.clone(), self.tx.clone());
                 tokio::spawn(async move {
-                    let answer = cluster
-                        .call(&owner, |call| Message::Info { room, from, call })
-                        .await;
+                    let answer = ask(&cluster, &owner, &tx, |call| Message::Info {
+                        room,
+                        from,
+                        call,
+                    })
+                    .await;
                     let _ = reply.send(match answer {
                         Ok(Answer::Info { info }) => Ok(RoomInfo {
                             snapshot: info.snapshot,
@@ -296,16 +321,16 @@ impl Proxy {
                 });
             }
             RoomMsg::Close { reason, reply } => {
-                let (cluster, owner) = (self.cluster.clone(), self.owner.clone());
+                let (cluster, owner, tx) =
+                    (self.cluster.clone(), self.owner.clone(), self.tx.clone());
                 tokio::spawn(async move {
-                    let answer = cluster
-                        .call(&owner, |call| Message::Close {
-                            room,
-                            from,
-                            call,
-                            reason,
-                        })
-                        .await;
+                    let answer = ask(&cluster, &owner, &tx, |call| Message::Close {
+                        room,
+                        from,
+                        call,
+                        reason,
+                    })
+                    .await;
                     let _ = reply.send(match answer {
                         Ok(Answer::Closed { snapshot }) => Ok(snapshot),
                         Ok(Answer::Refused { why, .. }) => Err(why),
@@ -338,14 +363,13 @@ impl Proxy {
                     self.tx.clone(),
                 );
                 tokio::spawn(async move {
-                    let answer = cluster
-                        .call(&owner, |call| Message::Link {
-                            room,
-                            from,
-                            call,
-                            link,
-                        })
-                        .await;
+                    let answer = ask(&cluster, &owner, &tx, |call| Message::Link {
+                        room,
+                        from,
+                        call,
+                        link,
+                    })
+                    .await;
                     let result = match answer {
                         Ok(Answer::Linked { result }) => result,
                         Ok(Answer::Refused { why, .. }) => Err(why),
