@@ -230,15 +230,16 @@ impl Registry {
     /// The room with `code`: here, or (cluster mode) wherever it is owned, taken
     /// over from the store if nobody owns it. `room_not_found` if there is none.
     pub async fn find(&self, code: &str) -> Result<RoomHandle, Rejection> {
+        // A closed room's relay may linger here until its owner's word arrives.
+        if self.cluster.is_some() && read(&self.rooms).retired.contains(code) {
+            return Err(Rejection::new(ErrorCode::RoomNotFound, "room was closed"));
+        }
         if let Some(handle) = self.get(code) {
             return Ok(handle);
         }
         let Some(parts) = &self.cluster else {
             return Err(not_found());
         };
-        if read(&self.rooms).retired.contains(code) {
-            return Err(Rejection::new(ErrorCode::RoomNotFound, "room was closed"));
-        }
         let cluster = &parts.cluster;
         let holder = cluster.holder(code).await.map_err(unavailable)?;
         let target = match holder {
@@ -325,6 +326,15 @@ impl Registry {
     /// Forgets a room whose owner is closing it; its code is retired.
     pub fn remove(&self, code: &str) -> Option<RoomHandle> {
         let mut rooms = write(&self.rooms);
+        // A relay stays until its owner's `Gone` reaches it (it closes its sockets then
+        // and forgets itself): removed now, that message would find no one here.
+        if let Some(entry) = rooms.live.get(code)
+            && entry.relay
+        {
+            let handle = entry.handle.clone();
+            rooms.retired.insert(code.to_string());
+            return Some(handle);
+        }
         let entry = rooms.live.remove(code)?;
         rooms.retired.insert(code.to_string());
         rooms.seeded -= usize::from(entry.seeded);

@@ -27,6 +27,17 @@ fn token(room: &str, player: &str) -> String {
     .mint_jwt(room, player, now_secs(), 600)
 }
 
+/// At most this many cluster tests at once: each runs two to four server processes,
+/// and a 2-core CI machine running all of them together stalls them past their
+/// leases, which would test the machine's scheduler rather than the cluster.
+async fn one_of_few() -> tokio::sync::SemaphorePermit<'static> {
+    static TURNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+    TURNS
+        .acquire()
+        .await
+        .expect("the semaphore is never closed")
+}
+
 /// The machine's Redis (started before the session and before CI).
 const MACHINE_REDIS: &str = "redis://127.0.0.1:6379";
 
@@ -246,6 +257,7 @@ async fn owner_epoch(db_url: &str, room: &str) -> Option<(i64, String)> {
 /// versions, whichever node it is on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn players_spread_over_three_nodes_play_one_game() {
+    let _turn = one_of_few().await;
     let database = db::fresh_postgres().await;
     let prefix = prefix();
     let nodes = three_nodes(&database.url, MACHINE_REDIS, &prefix).await;
@@ -449,6 +461,7 @@ async fn seat_three(nodes: &[Node], room: &str) -> (Client, Client, Client) {
 /// Admin calls, WatchRoom and resume, all on a node that does not own the room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_calls_watch_and_resume_work_on_a_node_that_does_not_own_the_room() {
+    let _turn = one_of_few().await;
     let database = db::fresh_postgres().await;
     let prefix = prefix();
     let nodes = three_nodes(&database.url, MACHINE_REDIS, &prefix).await;
@@ -624,6 +637,7 @@ async fn admin_calls_watch_and_resume_work_on_a_node_that_does_not_own_the_room(
 /// client held is used again for another change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_owner_mid_game_the_players_finish_on_the_other_nodes() {
+    let _turn = one_of_few().await;
     let database = db::fresh_postgres().await;
     let prefix = prefix();
     let mut nodes = three_nodes(&database.url, MACHINE_REDIS, &prefix).await;
@@ -686,6 +700,7 @@ async fn kill_9_of_the_owner_mid_game_the_players_finish_on_the_other_nodes() {
 /// lease lives 60 s here: had anyone waited for it, the rejoins below would time out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hands_the_room_over_and_nobody_waits_for_a_lease_to_expire() {
+    let _turn = one_of_few().await;
     let database = db::fresh_postgres().await;
     let prefix = prefix();
     let mut nodes = Vec::new();
@@ -764,6 +779,7 @@ async fn reseat(seats: Vec<(Client, &Node, &'static str)>, room: &str) -> Vec<Cl
 /// returns; nothing is lost or stored twice and every client ends on one snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_mid_game_loses_nothing_and_every_client_converges() {
+    let _turn = one_of_few().await;
     let database = db::fresh_postgres().await;
     let mut redis = OwnRedis::start().await;
     let prefix = prefix();
@@ -827,6 +843,7 @@ async fn redis_restarted_mid_game_loses_nothing_and_every_client_converges() {
 /// takeover; the players finish on the other nodes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_from_redis_loses_its_room_through_the_fence() {
+    let _turn = one_of_few().await;
     let database = db::fresh_postgres().await;
     let prefix = prefix();
     let room = "CUTOFF";
@@ -927,6 +944,7 @@ async fn a_node_cut_from_redis_loses_its_room_through_the_fence() {
 /// the current epoch's write lands.
 #[tokio::test]
 async fn the_store_refuses_a_write_made_under_a_stale_owner_epoch() {
+    let _turn = one_of_few().await;
     use karaoke_realtime::config::Database;
     use karaoke_realtime::store::{Batch, EventRow, Store, WriteError};
     let database = db::fresh_postgres().await;
@@ -1021,6 +1039,7 @@ fn codes_for_four(moving: usize, staying: usize) -> (Vec<String>, Vec<String>) {
 /// (a player there is sent away with 1012 and plays on at once); no other room moves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fourth_node_takes_only_the_rooms_that_hash_to_it() {
+    let _turn = one_of_few().await;
     let database = db::fresh_postgres().await;
     let prefix = prefix();
     let mut nodes = three_nodes(&database.url, MACHINE_REDIS, &prefix).await;
@@ -1088,6 +1107,7 @@ async fn a_fourth_node_takes_only_the_rooms_that_hash_to_it() {
 /// real client reads them for the version), and a watcher there never does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socket_on_a_non_owner_gets_the_rooms_heartbeats() {
+    let _turn = one_of_few().await;
     let database = db::fresh_postgres().await;
     let prefix = prefix();
     let fast = [
@@ -1154,6 +1174,7 @@ async fn a_socket_on_a_non_owner_gets_the_rooms_heartbeats() {
 /// by itself when the connection moves again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wedged_subscriber_does_not_look_healthy() {
+    let _turn = one_of_few().await;
     let database = db::fresh_postgres().await;
     let prefix = prefix();
     let proxy = Proxy::start("127.0.0.1:6379".parse().expect("addr")).await;
@@ -1175,6 +1196,7 @@ async fn a_wedged_subscriber_does_not_look_healthy() {
 /// other node see them all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_outage_in_cluster_mode_loses_nothing() {
+    let _turn = one_of_few().await;
     let database = db::fresh_postgres().await;
     let prefix = prefix();
     let room = "PGDOWN";
@@ -1251,6 +1273,7 @@ async fn a_postgres_outage_in_cluster_mode_loses_nothing() {
 /// it, without taking it over; `GetRoom` takes it over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_rooms_never_takes_a_room_over() {
+    let _turn = one_of_few().await;
     let database = db::fresh_postgres().await;
     let prefix = prefix();
     let mut first = Node::start(&database.url, MACHINE_REDIS, &prefix, "node-a", &[]).await;
@@ -1314,6 +1337,7 @@ async fn list_rooms_never_takes_a_room_over() {
 /// room the store holds (the stored room wins over the seed, and is not a seeded one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seed_at_the_cap_still_joins_a_stored_room() {
+    let _turn = one_of_few().await;
     let database = db::fresh_postgres().await;
     let prefix = prefix();
     let capped = [("MAX_SEEDED_ROOMS", "0")];
