@@ -711,8 +711,20 @@ impl Registry {
             }
             return;
         }
-        // Leaving messages for a room nobody here owns need no takeover.
+        // Leaving messages for a room nobody here owns need no takeover; but one whose
+        // takeover is in flight gets them once it is done (its Attach went ahead).
         if matches!(message, Message::Detach { .. } | Message::Unlink { .. }) {
+            let registry = self.clone();
+            tokio::spawn(async move {
+                let Some(parts) = registry.cluster.as_ref() else {
+                    return;
+                };
+                let lock = registry.takeover_lock(parts, &code);
+                let _after_the_takeover = lock.lock().await;
+                if let Some(handle) = registry.owned(&code) {
+                    handle.deliver(RoomMsg::Remote(Box::new(message)));
+                }
+            });
             return;
         }
         if matches!(message, Message::Adopt { .. }) {
