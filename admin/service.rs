@@ -209,10 +209,7 @@ impl RoomAdmin for AdminService {
             // A room some node serves answers for itself; one nobody serves now (cluster
             // mode) is listed as the store has it, with no connections. A room closed
             // since the listing is simply skipped.
-            let live = match self.app.registry.served(code).await {
-                Some(handle) => handle.try_info().await.ok(),
-                None => None,
-            };
+            let live = self.app.registry.served_info(code).await;
             let (snapshot, connections) = match (&live, stored) {
                 (Some(info), _) => (&info.snapshot, info.connections),
                 (None, Some(snapshot)) => (snapshot, 0),

@@ -689,11 +689,7 @@ impl Owner {
                 }
             }
             RoomMsg::Info { reply } => {
-                let _ = reply.send(Ok(RoomInfo {
-                    snapshot: self.room.snapshot().clone(),
-                    settings: self.room.settings.clone(),
-                    connections: self.members.len(),
-                }));
+                let _ = reply.send(Ok(self.info()));
             }
             RoomMsg::Checkpoint { reply } => {
                 self.checkpoint(false);
@@ -725,6 +721,14 @@ impl Owner {
             RoomMsg::Relayed(_) | RoomMsg::AttachRefused { .. } | RoomMsg::WatchRefused { .. } => {}
         }
         Flow::Continue
+    }
+
+    fn info(&self) -> RoomInfo {
+        RoomInfo {
+            snapshot: self.room.snapshot().clone(),
+            settings: self.room.settings.clone(),
+            connections: self.members.len(),
+        }
     }
 
     /// Cluster mode: the room moves to another node. Sockets here and on relays are
@@ -833,11 +837,7 @@ impl Owner {
                 }
             }
             Message::Info { from, call, .. } => {
-                let info = wire::RemoteInfo {
-                    snapshot: self.room.snapshot().clone(),
-                    settings: self.room.settings.clone(),
-                    connections: self.members.len(),
-                };
+                let info = self.info();
                 cluster.answer(&from, call, Answer::Info { info });
             }
             Message::Close {
@@ -875,7 +875,7 @@ impl Owner {
             Message::Relay { .. }
             | Message::Adopt { .. }
             | Message::Answer { .. }
-            | Message::Ping { .. } => {}
+            | Message::Ping => {}
         }
         Flow::Continue
     }

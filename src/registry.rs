@@ -72,10 +72,6 @@ impl ClusterParts {
         self.handing_over.load(Ordering::Acquire) || lock(&self.handing).contains(code)
     }
 
-    fn handing_set(&self) -> Arc<Mutex<HashSet<String>>> {
-        self.handing.clone()
-    }
-
     /// SIGTERM's hand-over has begun (`/readyz` says so).
     pub fn is_handing_over(&self) -> bool {
         self.handing_over.load(Ordering::Acquire)
@@ -100,8 +96,17 @@ enum Takeover {
     HeldBy(String),
 }
 
-fn unavailable(why: impl std::fmt::Display) -> Rejection {
+pub(crate) fn unavailable(why: impl std::fmt::Display) -> Rejection {
     Rejection::new(ErrorCode::Unavailable, why.to_string())
+}
+
+/// A room whose code belonged to a room that was closed: never reused.
+fn closed() -> Rejection {
+    Rejection::new(ErrorCode::RoomNotFound, "room was closed")
+}
+
+fn handing_over() -> Rejection {
+    unavailable("this node is handing the room over; try again")
 }
 
 fn not_found() -> Rejection {
@@ -232,7 +237,7 @@ impl Registry {
     pub async fn find(&self, code: &str) -> Result<RoomHandle, Rejection> {
         // A closed room's relay may linger here until its owner's word arrives.
         if self.cluster.is_some() && read(&self.rooms).retired.contains(code) {
-            return Err(Rejection::new(ErrorCode::RoomNotFound, "room was closed"));
+            return Err(closed());
         }
         if let Some(handle) = self.get(code) {
             return Ok(handle);
@@ -268,7 +273,7 @@ impl Registry {
                 return Ok(handle);
             }
             if read(&self.rooms).retired.contains(code) {
-                return Err(Rejection::new(ErrorCode::RoomNotFound, "room was closed"));
+                return Err(closed());
             }
             // A room some live node owns is joined there; otherwise the seed goes to
             // the node the code prefers, where the stored room (if any) still wins.
@@ -292,7 +297,7 @@ impl Registry {
         {
             let rooms = read(&self.rooms);
             if rooms.retired.contains(code) {
-                return Err(Rejection::new(ErrorCode::RoomNotFound, "room was closed"));
+                return Err(closed());
             }
             if rooms.seeded >= self.max_seeded {
                 self.ctx
@@ -312,7 +317,7 @@ impl Registry {
             return Ok(entry.handle.clone());
         }
         if rooms.retired.contains(code) {
-            return Err(Rejection::new(ErrorCode::RoomNotFound, "room was closed"));
+            return Err(closed());
         }
         if rooms.seeded >= self.max_seeded {
             return Err(Rejection::new(
@@ -390,16 +395,27 @@ impl Registry {
             .collect())
     }
 
-    /// The room if some node serves it now (here, or a live lease holder elsewhere),
-    /// without taking it over: `None` for a room nobody serves.
-    pub async fn served(&self, code: &str) -> Option<RoomHandle> {
+    /// The room's state if some node serves it now (here, or a live lease holder
+    /// elsewhere, asked once, with no relay left behind); `None` for a room nobody
+    /// serves: nothing is taken over.
+    pub async fn served_info(&self, code: &str) -> Option<crate::owner::RoomInfo> {
         if let Some(handle) = self.get(code) {
-            return Some(handle);
+            return handle.try_info().await.ok();
         }
         let parts = self.cluster.as_ref()?;
-        let holder = parts.cluster.holder(code).await.ok()??;
-        (holder != *parts.cluster.node && parts.cluster.live().contains(&holder))
-            .then(|| self.relay(parts, code, holder))
+        let cluster = &parts.cluster;
+        let holder = cluster.holder(code).await.ok()??;
+        if holder == *cluster.node || !cluster.live().contains(&holder) {
+            return None;
+        }
+        let (room, from) = (code.to_string(), cluster.node.to_string());
+        match cluster
+            .call(&holder, |call| Message::Info { room, from, call })
+            .await
+        {
+            Ok(Answer::Info { info }) => Some(info),
+            _ => None,
+        }
     }
 
     /// Handles of every room this node owns (for shutdown's final checkpoints).
@@ -470,7 +486,7 @@ impl Registry {
         provenance: Provenance,
     ) -> Result<RoomHandle, Rejection> {
         let Some(parts) = &self.cluster else {
-            return self.create_here(room);
+            return Err(unavailable("not in cluster mode"));
         };
         let code = room.code().to_string();
         if let Some(why) = Self::taken(&read(&self.rooms), &code) {
@@ -526,17 +542,17 @@ impl Registry {
             return Err(not_found());
         };
         if parts.giving_up(code) {
-            return Err(unavailable("this node is handing the room over; try again"));
+            return Err(handing_over());
         }
         let lock = self.takeover_lock(parts, code);
         let _one_at_a_time = lock.lock().await;
         if parts.giving_up(code) {
-            return Err(unavailable("this node is handing the room over; try again"));
+            return Err(handing_over());
         }
         // Closed here (its final snapshot may still be on its way to the store): the
         // lease stays with this node until it expires, and nothing takes it back.
         if read(&self.rooms).retired.contains(code) {
-            return Err(Rejection::new(ErrorCode::RoomNotFound, "room was closed"));
+            return Err(closed());
         }
         if let Some(handle) = self.owned(code) {
             return match create {
@@ -573,7 +589,7 @@ impl Registry {
             (Stored::Absent, None) => return refuse(not_found()).await,
             (Stored::Closed, _) => {
                 write(&self.rooms).retired.insert(code.to_string());
-                return refuse(Rejection::new(ErrorCode::RoomNotFound, "room was closed")).await;
+                return refuse(closed()).await;
             }
             (Stored::Failed(reason), _) => {
                 tracing::error!(roomCode = %code, reason = %reason, "room_restore_failed");
@@ -599,7 +615,7 @@ impl Registry {
             Ok(Stored::Absent) if provenance != Provenance::Restored => (room, provenance),
             Ok(Stored::Closed) => {
                 write(&self.rooms).retired.insert(code.to_string());
-                return refuse(Rejection::new(ErrorCode::RoomNotFound, "room was closed")).await;
+                return refuse(closed()).await;
             }
             Ok(_) | Err(_) => {
                 return refuse(unavailable("the room changed while taken over")).await;
@@ -632,7 +648,7 @@ impl Registry {
         }
         // A hand-over that began while this takeover ran gets the room as well.
         if parts.giving_up(code) {
-            return refuse(unavailable("this node is handing the room over; try again")).await;
+            return refuse(handing_over()).await;
         }
         let mut rooms = write(&self.rooms);
         // A relay of this room here gives way to the owner.
@@ -860,8 +876,11 @@ impl Registry {
         }
         // Still not taken back for one lease TTL: a message from a node whose view is
         // older may arrive after the release, before the next owner has the lease.
-        let (codes_done, handing, ttl) =
-            (codes.to_vec(), parts.handing_set(), parts.cluster.lease_ttl);
+        let (codes_done, handing, ttl) = (
+            codes.to_vec(),
+            parts.handing.clone(),
+            parts.cluster.lease_ttl,
+        );
         tokio::spawn(async move {
             tokio::time::sleep(ttl).await;
             let mut handing = lock(&handing);

@@ -37,18 +37,13 @@ pub struct App {
 }
 
 impl App {
-    /// Ready to serve: not shutting down, and in cluster mode in touch with Redis
-    /// (its own inbox probe came back lately).
-    pub fn is_ready(&self) -> bool {
-        self.not_ready_because().is_none()
-    }
-
     /// Shutdown has begun: new work is refused.
     pub fn is_shutting_down(&self) -> bool {
         self.shutdown.is_cancelled()
     }
 
-    /// Why `/readyz` says 503, if it does.
+    /// Why `/readyz` says 503, if it does: shutting down, or (cluster mode) out of
+    /// touch with Redis (its own inbox probe has not come back lately).
     pub fn not_ready_because(&self) -> Option<&'static str> {
         if self.shutdown.is_cancelled() {
             return Some("shutting down");

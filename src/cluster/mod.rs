@@ -257,7 +257,7 @@ impl Cluster {
                     continue;
                 };
                 match message {
-                    Message::Ping { .. } => cluster.probe_seen.store(
+                    Message::Ping => cluster.probe_seen.store(
                         cluster.started.elapsed().as_millis() as u64,
                         Ordering::Release,
                     ),
@@ -303,6 +303,16 @@ impl Cluster {
         preferred(code, &self.live()).unwrap_or_else(|| self.node.to_string())
     }
 
+    /// One Redis call: bounded in time, and its outcome noted for readiness.
+    async fn run<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, ClusterError> {
+        let result = bounded(call).await;
+        self.note(&result);
+        result
+    }
+
     fn note(&self, result: &Result<impl Sized, ClusterError>) {
         let ok = result.is_ok();
         let was = self.redis_ok.swap(ok, Ordering::AcqRel);
@@ -328,17 +338,17 @@ impl Cluster {
         }
         let mut redis = self.redis.clone();
         let ttl = self.lease_ttl.as_millis() as u64;
-        let result: Result<i64, ClusterError> = bounded(
-            self.member_script
-                .0
-                .key(self.key("node", &self.node))
-                .key(self.members_key())
-                .arg(&*self.node)
-                .arg(ttl)
-                .invoke_async(&mut redis),
-        )
-        .await;
-        self.note(&result);
+        let result: Result<i64, ClusterError> = self
+            .run(
+                self.member_script
+                    .0
+                    .key(self.key("node", &self.node))
+                    .key(self.members_key())
+                    .arg(&*self.node)
+                    .arg(ttl)
+                    .invoke_async(&mut redis),
+            )
+            .await;
         result.map(|_| ())
     }
 
@@ -349,15 +359,15 @@ impl Cluster {
 
     async fn refresh_members(&self) -> Result<(), ClusterError> {
         let mut redis = self.redis.clone();
-        let result: Result<Vec<String>, ClusterError> = bounded(
-            self.member_script
-                .1
-                .key(self.members_key())
-                .arg(self.lease_ttl.as_millis() as u64)
-                .invoke_async(&mut redis),
-        )
-        .await;
-        self.note(&result);
+        let result: Result<Vec<String>, ClusterError> = self
+            .run(
+                self.member_script
+                    .1
+                    .key(self.members_key())
+                    .arg(self.lease_ttl.as_millis() as u64)
+                    .invoke_async(&mut redis),
+            )
+            .await;
         let found = result?;
         let live: BTreeSet<String> = {
             let mut seen = lock(&self.last_seen);
@@ -443,7 +453,7 @@ impl Cluster {
     /// returns the holder afterwards.
     pub async fn acquire(&self, code: &str) -> Result<String, ClusterError> {
         let mut redis = self.redis.clone();
-        let result = bounded(
+        self.run(
             self.key_script
                 .0
                 .key(self.key("lease", code))
@@ -452,22 +462,18 @@ impl Cluster {
                 .arg(format!("{}:node:", self.prefix))
                 .invoke_async(&mut redis),
         )
-        .await;
-        self.note(&result);
-        result
+        .await
     }
 
     /// The node holding a room's lease, if any.
     pub async fn holder(&self, code: &str) -> Result<Option<String>, ClusterError> {
         let mut redis = self.redis.clone();
-        let result = bounded(
+        self.run(
             redis::cmd("GET")
                 .arg(self.key("lease", code))
                 .query_async(&mut redis),
         )
-        .await;
-        self.note(&result);
-        result
+        .await
     }
 
     /// Renews the leases of `codes`; returns the codes whose lease another node has.
@@ -482,10 +488,8 @@ impl Cluster {
             invocation
                 .arg(&*self.node)
                 .arg(self.lease_ttl.as_millis() as u64);
-            let result: Result<Vec<i64>, ClusterError> =
-                bounded(invocation.invoke_async(&mut redis)).await;
-            self.note(&result);
-            for (code, held) in chunk.iter().zip(result?) {
+            let held: Vec<i64> = self.run(invocation.invoke_async(&mut redis)).await?;
+            for (code, held) in chunk.iter().zip(held) {
                 if held == 0 {
                     lost.push(code.clone());
                 }
@@ -497,15 +501,15 @@ impl Cluster {
     /// Gives a room's lease up, if this node still holds it.
     pub async fn release(&self, code: &str) {
         let mut redis = self.redis.clone();
-        let result: Result<i64, ClusterError> = bounded(
-            self.key_script
-                .2
-                .key(self.key("lease", code))
-                .arg(&*self.node)
-                .invoke_async(&mut redis),
-        )
-        .await;
-        self.note(&result);
+        let _: Result<i64, ClusterError> = self
+            .run(
+                self.key_script
+                    .2
+                    .key(self.key("lease", code))
+                    .arg(&*self.node)
+                    .invoke_async(&mut redis),
+            )
+            .await;
     }
 
     /// Leaves the cluster: the membership key goes at once, not after its TTL.
@@ -520,8 +524,7 @@ impl Cluster {
             .arg(self.members_key())
             .arg(&*self.node)
             .ignore();
-        let result: Result<(), ClusterError> = bounded(pipe.query_async(&mut redis)).await;
-        self.note(&result);
+        let _: Result<(), ClusterError> = self.run(pipe.query_async(&mut redis)).await;
         tracing::info!("cluster_left");
     }
 }
@@ -618,12 +621,7 @@ async fn membership_loop(cluster: std::sync::Weak<Cluster>, stop: CancellationTo
         let _: Result<String, ClusterError> =
             bounded(redis::cmd("PING").query_async(&mut subscriber)).await;
         let node = cluster.node.clone();
-        cluster.send(
-            &node,
-            &Message::Ping {
-                nonce: rand::random(),
-            },
-        );
+        cluster.send(&node, &Message::Ping);
     }
 }
 

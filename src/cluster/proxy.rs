@@ -11,11 +11,10 @@ use super::wire::{Answer, Message, Relayed};
 use crate::edge::frame::{Frame, close};
 use crate::observe::ConnId;
 use crate::outbox::{Outbox, Push};
-use crate::owner::{
-    Done, Exit, Member, RoomHandle, RoomInfo, RoomMsg, Sink, WatchEvent, WatcherCount,
-};
+use crate::owner::{Done, Exit, Member, RoomHandle, RoomMsg, Sink, WatchEvent, WatcherCount};
 use crate::protocol::server::ServerMessage;
 use crate::protocol::{ErrorCode, Rejection};
+use crate::registry::unavailable;
 use crate::telemetry::Metrics;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -106,29 +105,26 @@ pub fn spawn(
     RoomHandle::new(code, tx)
 }
 
-/// A call to the owner. An answer saying that node no longer serves the room makes
-/// the relay go, so that the room's next user finds where it is now.
-async fn ask(
+/// A call to the owner, and the one answer it expects (`pick`); a refusal or a
+/// timeout is the call's error. A refusal saying that node no longer serves the room
+/// also makes the relay go, so that the room's next user finds where it is now.
+async fn ask<T>(
     cluster: &Cluster,
     owner: &str,
     tx: &mpsc::WeakSender<RoomMsg>,
     message: impl FnOnce(u64) -> Message,
-) -> Result<Answer, Rejection> {
-    let answer = cluster.call(owner, message).await;
-    if let Ok(Answer::Refused { moved: true, .. }) = &answer
-        && let Some(tx) = tx.upgrade()
-    {
-        let _ = tx
-            .send(RoomMsg::NodeGone {
-                node: owner.to_string(),
-            })
-            .await;
+    pick: impl FnOnce(Answer) -> Option<Result<T, Rejection>>,
+) -> Result<T, Rejection> {
+    match cluster.call(owner, message).await? {
+        Answer::Refused { why, moved } => {
+            if moved && let Some(tx) = tx.upgrade() {
+                let node = owner.to_string();
+                let _ = tx.send(RoomMsg::NodeGone { node }).await;
+            }
+            Err(why)
+        }
+        answer => pick(answer).unwrap_or_else(|| Err(unavailable("unexpected answer"))),
     }
-    answer
-}
-
-fn unavailable(message: &str) -> Rejection {
-    Rejection::new(ErrorCode::Unavailable, message.to_string())
 }
 
 impl Proxy {
@@ -183,6 +179,11 @@ impl Proxy {
 
     /// Handles one message; false once the relay is to stop.
     fn handle(&mut self, msg: RoomMsg) -> bool {
+        // The relay's hot path (every publication) allocates nothing here.
+        let msg = match msg {
+            RoomMsg::Relayed(message) => return self.relayed(*message),
+            other => other,
+        };
         let room = self.code.to_string();
         let from = self.cluster.node.to_string();
         match msg {
@@ -278,22 +279,20 @@ impl Proxy {
                         let (cluster, owner, tx) =
                             (self.cluster.clone(), self.owner.clone(), self.tx.clone());
                         tokio::spawn(async move {
-                            let answer = ask(&cluster, &owner, &tx, |call| Message::Command {
+                            let message = |call| Message::Command {
                                 room,
                                 from,
                                 call: Some(call),
                                 origin,
                                 action,
-                            })
-                            .await;
-                            let _ = reply.send(match answer {
-                                Ok(Answer::Applied { result }) => {
-                                    result.map(|version| Done { version })
+                            };
+                            let result = ask(&cluster, &owner, &tx, message, |a| match a {
+                                Answer::Applied { result } => {
+                                    Some(result.map(|version| Done { version }))
                                 }
-                                Ok(Answer::Refused { why, .. }) => Err(why),
-                                Ok(_) => Err(unavailable("unexpected answer")),
-                                Err(why) => Err(why),
+                                _ => None,
                             });
+                            let _ = reply.send(result.await);
                         });
                     }
                 }
@@ -302,41 +301,29 @@ impl Proxy {
                 let (cluster, owner, tx) =
                     (self.cluster.clone(), self.owner.clone(), self.tx.clone());
                 tokio::spawn(async move {
-                    let answer = ask(&cluster, &owner, &tx, |call| Message::Info {
-                        room,
-                        from,
-                        call,
-                    })
-                    .await;
-                    let _ = reply.send(match answer {
-                        Ok(Answer::Info { info }) => Ok(RoomInfo {
-                            snapshot: info.snapshot,
-                            settings: info.settings,
-                            connections: info.connections,
-                        }),
-                        Ok(Answer::Refused { why, .. }) => Err(why),
-                        Ok(_) => Err(unavailable("unexpected answer")),
-                        Err(why) => Err(why),
+                    let message = |call| Message::Info { room, from, call };
+                    let result = ask(&cluster, &owner, &tx, message, |a| match a {
+                        Answer::Info { info } => Some(Ok(info)),
+                        _ => None,
                     });
+                    let _ = reply.send(result.await);
                 });
             }
             RoomMsg::Close { reason, reply } => {
                 let (cluster, owner, tx) =
                     (self.cluster.clone(), self.owner.clone(), self.tx.clone());
                 tokio::spawn(async move {
-                    let answer = ask(&cluster, &owner, &tx, |call| Message::Close {
+                    let message = |call| Message::Close {
                         room,
                         from,
                         call,
                         reason,
-                    })
-                    .await;
-                    let _ = reply.send(match answer {
-                        Ok(Answer::Closed { snapshot }) => Ok(snapshot),
-                        Ok(Answer::Refused { why, .. }) => Err(why),
-                        Ok(_) => Err(unavailable("unexpected answer")),
-                        Err(why) => Err(why),
+                    };
+                    let result = ask(&cluster, &owner, &tx, message, |a| match a {
+                        Answer::Closed { snapshot } => Some(Ok(snapshot)),
+                        _ => None,
                     });
+                    let _ = reply.send(result.await);
                 });
             }
             RoomMsg::Watch { out, reply } => {
@@ -363,19 +350,17 @@ impl Proxy {
                     self.tx.clone(),
                 );
                 tokio::spawn(async move {
-                    let answer = ask(&cluster, &owner, &tx, |call| Message::Link {
+                    let message = |call| Message::Link {
                         room,
                         from,
                         call,
                         link,
+                    };
+                    let result = ask(&cluster, &owner, &tx, message, |a| match a {
+                        Answer::Linked { result } => Some(result),
+                        _ => None,
                     })
                     .await;
-                    let result = match answer {
-                        Ok(Answer::Linked { result }) => result,
-                        Ok(Answer::Refused { why, .. }) => Err(why),
-                        Ok(_) => Err(unavailable("unexpected answer")),
-                        Err(why) => Err(why),
-                    };
                     if result.is_err()
                         && let Some(tx) = tx.upgrade()
                     {
@@ -387,7 +372,7 @@ impl Proxy {
             RoomMsg::Checkpoint { reply } => {
                 let _ = reply.send(());
             }
-            RoomMsg::Relayed(message) => return self.relayed(*message),
+            RoomMsg::Relayed(_) => {}
             RoomMsg::Stop {
                 code,
                 reason,

@@ -8,7 +8,7 @@
 
 use crate::observe::{ConnId, Origin};
 use crate::protocol::{Rejection, RoomSnapshot};
-use crate::room::{Action, Settings};
+use crate::room::Action;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,9 +94,7 @@ pub enum Message {
         answer: Answer,
     },
     /// A node's probe of its own subscription.
-    Ping {
-        nonce: u64,
-    },
+    Ping,
 }
 
 /// What an owner sends a relay, in order.
@@ -136,7 +134,7 @@ pub enum Answer {
         result: Result<u64, Rejection>,
     },
     Info {
-        info: RemoteInfo,
+        info: crate::owner::RoomInfo,
     },
     Closed {
         snapshot: RoomSnapshot,
@@ -154,14 +152,6 @@ pub enum Answer {
         #[serde(default)]
         moved: bool,
     },
-}
-
-/// `RoomInfo` as it crosses nodes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RemoteInfo {
-    pub snapshot: RoomSnapshot,
-    pub settings: Settings,
-    pub connections: usize,
 }
 
 impl Message {
