@@ -809,7 +809,16 @@ impl Owner {
                 last_version,
                 ..
             } => {
-                let result = match self.link(&from, link) {
+                // A socket of this node's own cannot be joined again from another one.
+                let local = self
+                    .members
+                    .iter()
+                    .any(|m| m.conn == conn && m.out.remote().is_none());
+                let result = match if local { None } else { self.link(&from, link) } {
+                    _ if local => Err(Rejection::new(
+                        ErrorCode::Forbidden,
+                        "that socket belongs to the room's own node",
+                    )),
                     Some(link) => self.attach(
                         Member {
                             conn,

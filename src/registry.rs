@@ -669,10 +669,31 @@ impl Registry {
         let Some(parts) = &self.cluster else {
             return;
         };
-        if let Message::Relay { room, .. } = &message {
-            if let Some(handle) = self.get(room) {
+        if let Message::Relay {
+            room, from, link, ..
+        } = &message
+        {
+            let relay = read(&self.rooms)
+                .live
+                .get(room)
+                .filter(|e| e.relay)
+                .map(|e| e.handle.clone());
+            match relay {
                 // A full relay queue loses the message; its link then shows a gap.
-                handle.offer(RoomMsg::Relayed(Box::new(message)));
+                Some(handle) => {
+                    handle.offer(RoomMsg::Relayed(Box::new(message)));
+                }
+                // Nothing here relays the room any more (its Unlink was lost): the
+                // owner is told, and drops the link and the sockets it still counts.
+                None if !from.is_empty() => {
+                    let unlink = Message::Unlink {
+                        room: room.clone(),
+                        from: parts.cluster.node.to_string(),
+                        link: *link,
+                    };
+                    parts.cluster.send(from, &unlink);
+                }
+                None => {}
             }
             return;
         }
@@ -687,6 +708,11 @@ impl Registry {
             let registry = self.clone();
             tokio::spawn(async move {
                 let result = match Room::from_stored(*stored) {
+                    // The lease and epoch taken are the code's: the room must be it.
+                    Ok(room) if room.code() != code => Err(Rejection::new(
+                        ErrorCode::InvalidPayload,
+                        "the room to create does not carry the code it is created under",
+                    )),
                     Ok(room) => {
                         let provenance = if seeded {
                             Provenance::Seeded
@@ -975,8 +1001,13 @@ pub async fn upkeep(registry: Weak<Registry>, stop: tokio_util::sync::Cancellati
                 let Some(registry) = registry.upgrade() else { return };
                 // Closed rooms keep their lease until their final snapshot is stored.
                 let (kept, done) = registry.closing();
-                for code in &done {
-                    cluster.release(code).await;
+                if !done.is_empty() {
+                    let cluster = cluster.clone();
+                    tokio::spawn(async move {
+                        for code in &done {
+                            cluster.release(code).await;
+                        }
+                    });
                 }
                 if !kept.is_empty() {
                     let _ = cluster.renew(&kept).await;
@@ -1016,19 +1047,24 @@ pub async fn upkeep(registry: Weak<Registry>, stop: tokio_util::sync::Cancellati
                     for handle in registry.all() {
                         handle.deliver(RoomMsg::NodeGone { node: gone.clone() });
                     }
-                    match store.rooms_owned_by(gone).await {
-                        Ok(codes) => {
-                            for code in codes {
-                                if cluster.preferred(&code) == *cluster.node {
-                                    let registry = registry.clone();
-                                    tokio::spawn(async move {
-                                        let _ = registry.take_over(&code, None).await;
-                                    });
+                    // Off the loop: a slow database must not hold up lease renewals.
+                    let (registry, store, cluster, gone) =
+                        (registry.clone(), store.clone(), cluster.clone(), gone.clone());
+                    tokio::spawn(async move {
+                        match store.rooms_owned_by(&gone).await {
+                            Ok(codes) => {
+                                for code in codes {
+                                    if cluster.preferred(&code) == *cluster.node {
+                                        let registry = registry.clone();
+                                        tokio::spawn(async move {
+                                            let _ = registry.take_over(&code, None).await;
+                                        });
+                                    }
                                 }
                             }
+                            Err(e) => tracing::warn!(error = %e, "owned_rooms_unreadable"),
                         }
-                        Err(e) => tracing::warn!(error = %e, "owned_rooms_unreadable"),
-                    }
+                    });
                 }
                 if now.difference(&known).next().is_some() {
                     let moving: Vec<String> = registry

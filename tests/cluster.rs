@@ -1378,3 +1378,97 @@ async fn a_seed_at_the_cap_still_joins_a_stored_room() {
         .await;
     assert_eq!(refused["code"], "unavailable", "{refused}");
 }
+
+/// A peer that listens on its own inbox and publishes raw messages to a node, as a
+/// node would (tests of what a node does with messages it did not expect).
+struct Peer {
+    messages: redis::aio::PubSubStream,
+    redis: redis::aio::MultiplexedConnection,
+    prefix: String,
+}
+
+impl Peer {
+    async fn join(prefix: &str, name: &str) -> Peer {
+        let client = redis::Client::open(MACHINE_REDIS).expect("redis url");
+        let mut pubsub = client
+            .get_async_pubsub()
+            .await
+            .expect("a pubsub connection");
+        pubsub
+            .subscribe(format!("{prefix}:inbox:{name}"))
+            .await
+            .expect("subscribe");
+        Peer {
+            messages: pubsub.into_on_message(),
+            redis: client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("a connection"),
+            prefix: prefix.to_string(),
+        }
+    }
+
+    async fn send(&mut self, node: &str, message: Value) {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(format!("{}:inbox:{node}", self.prefix))
+            .arg(message.to_string())
+            .query_async(&mut self.redis)
+            .await
+            .expect("publish");
+    }
+
+    async fn next(&mut self) -> Value {
+        use futures_util::StreamExt;
+        let msg = tokio::time::timeout(WAIT, self.messages.next())
+            .await
+            .expect("a message within the wait")
+            .expect("the subscription is open");
+        serde_json::from_slice(msg.get_payload_bytes()).expect("JSON")
+    }
+}
+
+/// A node that gets a relayed message for a room it relays no more (its own Unlink
+/// was lost) tells the owner so, and a room to create must carry the code it is
+/// created under: peers' messages are checked, not taken on trust.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_answers_messages_it_did_not_expect() {
+    let _turn = one_of_few().await;
+    let database = db::fresh_postgres().await;
+    let prefix = prefix();
+    let node = Node::start(&database.url, MACHINE_REDIS, &prefix, "node-a", &[]).await;
+    let mut peer = Peer::join(&prefix, "peer").await;
+
+    peer.send(
+        &node.id,
+        json!({"t":"relay","room":"GHOST","from":"peer","link":7,"incarnation":1,"epoch":1,"seq":1,
+               "body":{"t":"gone","code":1012,"reason":"x"}}),
+    )
+    .await;
+    let unlink = peer.next().await;
+    assert_eq!(
+        unlink,
+        json!({"t":"unlink","room":"GHOST","from":"node-a","link":7})
+    );
+
+    let stored = karaoke_realtime::room::Room::new("OTHER", Vec::new(), Default::default())
+        .expect("a room")
+        .to_stored(false);
+    peer.send(
+        &node.id,
+        json!({"t":"create","room":"ASKED","from":"peer","call":5,"stored":stored,"seeded":false}),
+    )
+    .await;
+    let answer = peer.next().await;
+    assert_eq!(answer["t"], "answer", "{answer}");
+    assert_eq!(answer["call"], 5);
+    assert_eq!(
+        answer["answer"]["result"]["Err"]["code"], "invalid_payload",
+        "{answer}"
+    );
+    for code in ["ASKED", "OTHER"] {
+        assert!(
+            owner_epoch(&database.url, code).await.is_none(),
+            "{code} was not taken"
+        );
+    }
+}

@@ -55,6 +55,7 @@ impl RemoteLink {
             &self.node,
             &Message::Relay {
                 room: self.room.to_string(),
+                from: self.cluster.node.to_string(),
                 link: self.id,
                 incarnation: self.incarnation,
                 epoch: self.epoch,

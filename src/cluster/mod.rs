@@ -221,7 +221,9 @@ impl Cluster {
             out,
             out_bytes: Arc::new(AtomicUsize::new(0)),
             pending: Mutex::new(HashMap::new()),
-            next_call: AtomicU64::new(1),
+            // Random: a process restarted under the same NODE_ID must not take a late
+            // answer to its predecessor's call for one of its own.
+            next_call: AtomicU64::new(rand::random::<u64>() >> 1),
             live,
             last_seen: Mutex::new(HashMap::new()),
             started: Instant::now(),

@@ -68,6 +68,9 @@ pub enum Message {
     /// and made again starts over under another one).
     Relay {
         room: String,
+        /// The owner's node: a node with no relay of the room answers it `Unlink`.
+        #[serde(default)]
+        from: String,
         link: u64,
         #[serde(default)]
         incarnation: u64,
