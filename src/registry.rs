@@ -208,7 +208,7 @@ impl Registry {
     pub async fn create(&self, room: Room) -> Result<RoomHandle, Rejection> {
         match &self.cluster {
             None => self.create_here(room),
-            Some(_) => self.create_in_cluster(room, Provenance::Server).await,
+            Some(_) => Box::pin(self.create_in_cluster(room, Provenance::Server)).await,
         }
     }
 
@@ -245,6 +245,17 @@ impl Registry {
         let Some(parts) = &self.cluster else {
             return Err(not_found());
         };
+        // Boxed, as every cluster path a join can take: their state (Redis calls, a
+        // takeover's store reads) is tens of KB, and inline it sized every socket
+        // message's future on one node too (a 34 KB allocation and copy each).
+        Box::pin(self.find_in_cluster(parts, code)).await
+    }
+
+    async fn find_in_cluster(
+        &self,
+        parts: &ClusterParts,
+        code: &str,
+    ) -> Result<RoomHandle, Rejection> {
         let cluster = &parts.cluster;
         let holder = cluster.holder(code).await.map_err(unavailable)?;
         let target = match holder {
@@ -269,27 +280,7 @@ impl Registry {
         seed: impl FnOnce() -> Result<Room, Rejection>,
     ) -> Result<RoomHandle, Rejection> {
         if let Some(parts) = &self.cluster {
-            if let Some(handle) = self.get(code) {
-                return Ok(handle);
-            }
-            if read(&self.rooms).retired.contains(code) {
-                return Err(closed());
-            }
-            // A room some live node owns is joined there; otherwise the seed goes to
-            // the node the code prefers, where the stored room (if any) still wins.
-            let cluster = &parts.cluster;
-            let holder = cluster.holder(code).await.map_err(unavailable)?;
-            if let Some(node) = holder.filter(|n| cluster.live().contains(n))
-                && node != *cluster.node
-            {
-                return Ok(self.relay(parts, code, node));
-            }
-            let room = seed()?;
-            return match self.create_in_cluster(room, Provenance::Seeded).await {
-                // Made meanwhile by another joiner: theirs wins, as on one node.
-                Err(why) if why.code == ErrorCode::InvalidTransition => self.find(code).await,
-                other => other,
-            };
+            return Box::pin(self.get_or_create_in_cluster(parts, code, seed)).await;
         }
         if let Some(handle) = self.get(code) {
             return Ok(handle);
@@ -326,6 +317,35 @@ impl Registry {
             ));
         }
         Ok(self.start(&mut rooms, room, Provenance::Seeded))
+    }
+
+    async fn get_or_create_in_cluster(
+        &self,
+        parts: &ClusterParts,
+        code: &str,
+        seed: impl FnOnce() -> Result<Room, Rejection>,
+    ) -> Result<RoomHandle, Rejection> {
+        if let Some(handle) = self.get(code) {
+            return Ok(handle);
+        }
+        if read(&self.rooms).retired.contains(code) {
+            return Err(closed());
+        }
+        // A room some live node owns is joined there; otherwise the seed goes to
+        // the node the code prefers, where the stored room (if any) still wins.
+        let cluster = &parts.cluster;
+        let holder = cluster.holder(code).await.map_err(unavailable)?;
+        if let Some(node) = holder.filter(|n| cluster.live().contains(n))
+            && node != *cluster.node
+        {
+            return Ok(self.relay(parts, code, node));
+        }
+        let room = seed()?;
+        match self.create_in_cluster(room, Provenance::Seeded).await {
+            // Made meanwhile by another joiner: theirs wins, as on one node.
+            Err(why) if why.code == ErrorCode::InvalidTransition => self.find(code).await,
+            other => other,
+        }
     }
 
     /// Forgets a room whose owner is closing it; its code is retired.

@@ -512,4 +512,32 @@ mod tests {
         drop(task);
         handle.shutdown().await;
     }
+
+    /// A message's handling is boxed once per message (see `read`), so its size is
+    /// an allocation and a copy for every message: the cluster's paths a join can take
+    /// (Redis calls, a takeover's store reads) are boxed where they start, so that on
+    /// one node the join's room lookup carries none of their state.
+    #[tokio::test]
+    async fn a_room_lookup_carries_no_cluster_state() {
+        let handle = crate::server::start(crate::config::Config::for_tests(
+            "size-test-secret-0123456789",
+        ))
+        .await
+        .expect("server");
+        let registry = &handle.app.registry;
+        let find = registry.find("ABCD");
+        let seeded = registry.get_or_create("ABCD", || {
+            Err(crate::protocol::Rejection::new(
+                crate::protocol::ErrorCode::Forbidden,
+                "not seeded",
+            ))
+        });
+        let sizes = (std::mem::size_of_val(&find), std::mem::size_of_val(&seeded));
+        assert!(
+            sizes.0 <= 256 && sizes.1 <= 256,
+            "lookups of {sizes:?} bytes"
+        );
+        drop((find, seeded));
+        handle.shutdown().await;
+    }
 }
