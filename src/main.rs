@@ -6,8 +6,32 @@ use karaoke_realtime::cli::{self, Cli, Command};
 use karaoke_realtime::config::Config;
 use karaoke_realtime::{server, telemetry};
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    match runtime() {
+        Ok(runtime) => runtime.block_on(serve()),
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+/// On one core, a current-thread runtime: tokio's work-stealing runtime with one
+/// worker moves tasks past its 256-task local queue to a global queue it visits
+/// only every ~200 µs, so with hundreds of sockets woken at once some writers waited
+/// 75+ ms while others were served in 2 (docs/benchmarks.md, "The closed loop's
+/// tail"). With more cores, one worker per core as usual.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut builder = if cores == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder.enable_all().build()
+}
+
+async fn serve() -> std::process::ExitCode {
     // Usage errors exit 2 naming the argument; --help and --version exit 0.
     let cli = Cli::parse();
     let command = cli.requested();

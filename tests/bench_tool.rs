@@ -131,6 +131,53 @@ async fn every_scenario_reports_its_numbers_without_errors() {
     server.kill().await;
 }
 
+/// The names of a process's threads.
+fn thread_names(pid: u32) -> Vec<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("the server's threads");
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect()
+}
+
+/// On one core the server runs a current-thread runtime (no worker threads): a
+/// game's messages, round trips and joins are all served, and SIGTERM still ends it
+/// cleanly.
+#[tokio::test]
+async fn on_one_core_the_server_runs_one_thread_and_serves_every_scenario() {
+    let mut server = Proc::spawn_on_one_core(&[
+        ("PORT", "0"),
+        ("ADMIN_PORT", "0"),
+        ("BIND_ADDR", "127.0.0.1"),
+        ("REALTIME_SHARED_SECRET", SECRET),
+        ("ALLOW_CLIENT_SEEDED_ROOMS", "true"),
+        ("DATABASE_URL", "memory:"),
+        ("RATE_LIMIT_PER_SEC", "100000"),
+        ("RATE_LIMIT_BURST", "100000"),
+    ]);
+    let port = server.listening_port().await;
+    let pid = server.pid;
+    let names = thread_names(pid);
+    assert!(
+        !names.iter().any(|n| n.starts_with("tokio-rt-worker")),
+        "no runtime worker threads on one core: {names:?}"
+    );
+    for args in [
+        &["--scenario", "broadcast", "--rooms", "2", "--players", "3"][..],
+        &["--scenario", "ready", "--rooms", "2", "--players", "3"][..],
+        &["--scenario", "join", "--rooms", "3", "--players", "4"][..],
+    ] {
+        let result = bench(port, pid, args).await;
+        assert!(result.get("errors").is_none_or(|e| e == 0), "{result}");
+        let work = ["deliveries_per_sec", "round_trips_per_sec", "joins_per_sec"]
+            .iter()
+            .find_map(|key| result.get(*key).and_then(Value::as_f64));
+        assert!(work.is_some_and(|n| n > 0.0), "{result}");
+    }
+    server.sigterm().await;
+    assert!(server.wait_exit().await.success());
+}
+
 #[tokio::test]
 async fn bad_arguments_exit_2_with_usage() {
     let output = tokio::process::Command::new(BENCH)

@@ -70,6 +70,14 @@ impl Proc {
         Proc::spawn_command(cmd, vars)
     }
 
+    /// Starts the binary allowed on CPU 0 only, through `taskset`, which executes it
+    /// in place (same pid).
+    pub fn spawn_on_one_core(vars: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", "0"]).arg(BIN);
+        Proc::spawn_command(cmd, vars)
+    }
+
     fn spawn_command(mut cmd: Command, vars: &[(&str, &str)]) -> Proc {
         let dir = scratch_dir();
         let mut child = cmd
