@@ -3,7 +3,8 @@
 //!
 //! Scenarios:
 //! - `broadcast`: every player sends `presentation_state`; closed loop (`--rate 0`,
-//!   each player sends again when its own echo returns) or a fixed rate per player.
+//!   each player sends again when its own echo returns) or a fixed rate per player
+//!   (every player's period starts together, as the step-7 measurements had it).
 //!   Reports deliveries/s and fan-out latency (send → each recipient's receipt).
 //! - `ready`: every player toggles `set_ready` in a closed loop. Reports round trips/s
 //!   and round-trip latency (send → own `ready_update`).
@@ -538,7 +539,10 @@ async fn ready_player(mut ws: Ws, room: usize, seat: usize, run: Arc<Run>) -> Hi
     hist
 }
 
-#[tokio::main]
+// One thread: the generator runs pinned to one core, and tokio's work-stealing
+// runtime with one worker served some of its sockets 100 ms late under load, which
+// showed as the server's tail (docs/benchmarks.md, "The closed loop's tail").
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> std::process::ExitCode {
     let o = match parse() {
         Ok(o) => o,
