@@ -47,13 +47,11 @@ impl AdminService {
 
     async fn room(&self, field: &str, code: &str) -> Result<RoomHandle, Status> {
         convert::room_code(field, code)?;
-        self.app.registry.find(code).await.map_err(|why| {
-            if why.code == crate::protocol::ErrorCode::RoomNotFound {
-                Status::not_found(format!("room {code} not found"))
-            } else {
-                status_of(why)
-            }
-        })
+        self.app
+            .registry
+            .find(code)
+            .await
+            .map_err(|why| room_status(code, why))
     }
 
     /// Applies a server command to a room and returns the version after it.
@@ -74,13 +72,19 @@ impl AdminService {
         {
             result = again.try_info().await;
         }
-        match result {
-            Ok(info) => Ok(convert::room_to_pb(&info)),
-            Err(why) if why.code == crate::protocol::ErrorCode::RoomNotFound => {
-                Err(Status::not_found(format!("room {} not found", room.code())))
-            }
-            Err(why) => Err(status_of(why)),
-        }
+        result
+            .map(|info| convert::room_to_pb(&info))
+            .map_err(|why| room_status(room.code(), why))
+    }
+}
+
+/// A refusal about the room `code`: a missing room is `NOT_FOUND` naming it, the rest
+/// as `status_of` maps them.
+fn room_status(code: &str, why: crate::protocol::Rejection) -> Status {
+    if why.code == crate::protocol::ErrorCode::RoomNotFound {
+        Status::not_found(format!("room {code} not found"))
+    } else {
+        status_of(why)
     }
 }
 
@@ -439,13 +443,10 @@ impl RoomAdmin for AdminService {
             } else {
                 req.reason.clone()
             };
-            let snapshot = handle.try_close(reason).await.map_err(|why| {
-                if why.code == crate::protocol::ErrorCode::RoomNotFound {
-                    Status::not_found(format!("room {} not found", req.room_code))
-                } else {
-                    status_of(why)
-                }
-            })?;
+            let snapshot = handle
+                .try_close(reason)
+                .await
+                .map_err(|why| room_status(&req.room_code, why))?;
             self.app.registry.remove(&req.room_code);
             Ok(Response::new(pb::CloseRoomResponse {
                 final_version: snapshot.version,

@@ -814,20 +814,23 @@ impl Owner {
                     .members
                     .iter()
                     .any(|m| m.conn == conn && m.out.remote().is_none());
-                let result = match if local { None } else { self.link(&from, link) } {
-                    _ if local => Err(Rejection::new(
+                let result = if local {
+                    Err(Rejection::new(
                         ErrorCode::Forbidden,
                         "that socket belongs to the room's own node",
-                    )),
-                    Some(link) => self.attach(
-                        Member {
-                            conn,
-                            player_id,
-                            out: Sink::Remote(link),
-                        },
-                        last_version,
-                    ),
-                    None => Err(gone()),
+                    ))
+                } else {
+                    match self.link(&from, link) {
+                        Some(link) => self.attach(
+                            Member {
+                                conn,
+                                player_id,
+                                out: Sink::Remote(link),
+                            },
+                            last_version,
+                        ),
+                        None => Err(gone()),
+                    }
                 };
                 cluster.answer(&from, call, Answer::Attached { result });
             }

@@ -31,6 +31,25 @@ struct Rooms {
     closing: Option<HashMap<String, std::time::Instant>>,
 }
 
+impl Rooms {
+    /// Takes a room's entry out of the map. With `retire`, its code is retired too
+    /// and, for an owner (only an owner holds the room's lease), the lease is kept
+    /// until the room's close is stored.
+    fn take_out(&mut self, code: &str, retire: bool) -> Option<Entry> {
+        let entry = self.live.remove(code)?;
+        self.seeded = self.seeded.saturating_sub(usize::from(entry.seeded));
+        if retire {
+            self.retired.insert(code.to_string());
+            if !entry.relay
+                && let Some(closing) = self.closing.as_mut()
+            {
+                closing.insert(code.to_string(), std::time::Instant::now());
+            }
+        }
+        Some(entry)
+    }
+}
+
 struct Entry {
     handle: RoomHandle,
     seeded: bool,
@@ -360,15 +379,7 @@ impl Registry {
             rooms.retired.insert(code.to_string());
             return Some(handle);
         }
-        let entry = rooms.live.remove(code)?;
-        rooms.retired.insert(code.to_string());
-        rooms.seeded -= usize::from(entry.seeded);
-        if !entry.relay
-            && let Some(closing) = rooms.closing.as_mut()
-        {
-            closing.insert(code.to_string(), std::time::Instant::now());
-        }
-        Some(entry.handle)
+        rooms.take_out(code, true).map(|entry| entry.handle)
     }
 
     /// Rooms this node owns.
@@ -1119,21 +1130,8 @@ fn forget(rooms: &Weak<RwLock<Rooms>>, code: &str, exit: Exit) {
         .get(code)
         .is_some_and(|entry| entry.handle.is_gone());
     if ended {
-        let relay = match rooms.live.remove(code) {
-            Some(entry) => {
-                rooms.seeded -= usize::from(entry.seeded);
-                entry.relay
-            }
-            None => false,
-        };
         // A room that moved to another node lives on: its code is not retired here.
-        if exit == Exit::Ended {
-            rooms.retired.insert(code.to_string());
-            // Only an owner holds the room's lease, to keep until its close is stored.
-            if !relay && let Some(closing) = rooms.closing.as_mut() {
-                closing.insert(code.to_string(), std::time::Instant::now());
-            }
-        }
+        rooms.take_out(code, exit == Exit::Ended);
     }
 }
 
